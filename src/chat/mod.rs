@@ -1,0 +1,3 @@
+//! Users, rooms, seats and field validation.
+
+pub mod validate;
