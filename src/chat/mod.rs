@@ -1,3 +1,4 @@
 //! Users, rooms, seats and field validation.
 
+pub mod state;
 pub mod validate;

@@ -1,1 +1,165 @@
-//! Response encoding.
+//! Responses: a small value type and its encoding to bytes.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+pub const JSON: &str = "application/json; charset=utf-8";
+
+/// Methods every endpoint answers; also the `Allow` header of a 405.
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, OPTIONS";
+
+/// A response before encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+    /// The connection must close after this response (errors that leave the
+    /// request stream in an unknown state).
+    pub close: bool,
+}
+
+impl Response {
+    /// A JSON response from any serialisable value.
+    pub fn json(status: u16, value: &impl Serialize) -> Response {
+        // Serialising our own plain structs cannot fail; fall back to an
+        // empty object rather than panic if it ever does.
+        let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+        Response {
+            status,
+            content_type: JSON,
+            headers: Vec::new(),
+            body,
+            close: false,
+        }
+    }
+
+    /// `{"res": res}`, the shape of every business answer.
+    pub fn res(status: u16, res: &str) -> Response {
+        Response::json(status, &serde_json::json!({ "res": res }))
+    }
+
+    /// `{"res": res, "error": error}`.
+    pub fn res_with_error(status: u16, res: &str, error: &str) -> Response {
+        Response::json(status, &serde_json::json!({ "res": res, "error": error }))
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn closing(mut self) -> Response {
+        self.close = true;
+        self
+    }
+
+    /// Serialises status line, headers and (unless `head_only`) the body.
+    /// `keep_alive` is what the connection will do after this response;
+    /// `http10` selects how that is announced.
+    pub fn encode(&self, head_only: bool, keep_alive: bool, http10: bool, cors_origin: &str) -> Vec<u8> {
+        let mut head = String::with_capacity(256);
+        let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+        let _ = write!(head, "{version} {} {}\r\n", self.status, reason_phrase(self.status));
+        head.push_str("Server: chatroom\r\n");
+        let _ = write!(head, "Content-Type: {}\r\n", self.content_type);
+        // RFC 9110 §8.6: a 204 carries no Content-Length.
+        if self.status != 204 {
+            let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
+        }
+        let _ = write!(head, "Access-Control-Allow-Origin: {cors_origin}\r\n");
+        if cors_origin != "*" {
+            head.push_str("Vary: Origin\r\n");
+        }
+        for (name, value) in &self.headers {
+            let _ = write!(head, "{name}: {value}\r\n");
+        }
+        if !keep_alive {
+            head.push_str("Connection: close\r\n");
+        } else if http10 {
+            head.push_str("Connection: keep-alive\r\n");
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        if !head_only && self.status != 204 {
+            bytes.extend_from_slice(&self.body);
+        }
+        bytes
+    }
+}
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn json_response_has_length_type_and_cors() {
+        let encoded = text(&Response::res(200, "ok").encode(false, true, false, "*"));
+        assert!(encoded.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(encoded.contains("Content-Type: application/json; charset=utf-8\r\n"));
+        assert!(encoded.contains("Content-Length: 12\r\n"));
+        assert!(encoded.contains("Access-Control-Allow-Origin: *\r\n"));
+        assert!(!encoded.contains("Connection:"));
+        assert!(encoded.ends_with("\r\n\r\n{\"res\":\"ok\"}"));
+    }
+
+    #[test]
+    fn head_keeps_length_but_drops_body() {
+        let encoded = text(&Response::res(200, "ok").encode(true, true, false, "*"));
+        assert!(encoded.contains("Content-Length: 12\r\n"));
+        assert!(encoded.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn connection_header_follows_version_and_keep_alive() {
+        let close = text(&Response::res(200, "ok").encode(false, false, false, "*"));
+        assert!(close.contains("Connection: close\r\n"));
+        let http10 = text(&Response::res(200, "ok").encode(false, true, true, "*"));
+        assert!(http10.starts_with("HTTP/1.0 200 OK\r\n"));
+        assert!(http10.contains("Connection: keep-alive\r\n"));
+    }
+
+    #[test]
+    fn specific_origin_varies() {
+        let encoded = text(&Response::res(200, "ok").encode(false, true, false, "https://chat.example"));
+        assert!(encoded.contains("Access-Control-Allow-Origin: https://chat.example\r\nVary: Origin\r\n"));
+    }
+
+    #[test]
+    fn no_content_has_no_length() {
+        let encoded = text(&Response::json(204, &()).encode(false, true, false, "*"));
+        assert!(!encoded.contains("Content-Length"));
+    }
+}

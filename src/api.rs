@@ -1,0 +1,505 @@
+//! The HTTP API (SPEC §2.3) as a sans-IO state machine: requests and helper
+//! completions in; responses and jobs for the helper threads out.
+//!
+//! A request either gets its response at once, or waits on a password job
+//! and/or a durable write; the reactor runs those and feeds the results back.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::auth::{JobId, PasswordJob, PasswordOutcome, Tokens};
+use crate::chat::state::{Admission, ChatState, RoomReservation, Taken, UserId};
+use crate::chat::validate;
+use crate::http::params::{self, ParamError, Params};
+use crate::http::request::Request;
+use crate::http::response::{Response, ALLOWED_METHODS};
+use crate::store::{BatchId, Completion, Record, RoomRecord, UserRecord};
+
+/// Opaque to the API: the reactor's name for the connection owed a reply.
+pub type ConnRef = u64;
+
+/// The two clocks a handler may need, read once per reactor turn.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub mono: Instant,
+    pub unix_ms: u64,
+}
+
+impl Now {
+    pub fn read() -> Now {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Now {
+            mono: Instant::now(),
+            unix_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub room_capacity: u32,
+    pub max_rooms: usize,
+    pub max_pending_hashes: usize,
+}
+
+/// What became of a request.
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(Response),
+    /// The reply comes later, from `on_password_done` or `on_batch_done`.
+    Pending,
+}
+
+#[derive(Debug)]
+enum PasswordWait {
+    Register {
+        conn: ConnRef,
+        tel: String,
+        name: String,
+        avatar_url: String,
+    },
+    Login {
+        conn: ConnRef,
+        user: UserId,
+    },
+}
+
+#[derive(Debug)]
+struct PersistWait {
+    conn: ConnRef,
+    record: Record,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Register,
+    Login,
+    List,
+    Create,
+    Room,
+    Health,
+}
+
+fn route(path: &str) -> Option<Endpoint> {
+    match path {
+        "/auth/register" => Some(Endpoint::Register),
+        "/auth/login" => Some(Endpoint::Login),
+        "/chatroom/list" => Some(Endpoint::List),
+        "/chatroom/create" => Some(Endpoint::Create),
+        "/chatroom/room" => Some(Endpoint::Room),
+        "/healthz" => Some(Endpoint::Health),
+        _ => None,
+    }
+}
+
+pub struct Api {
+    state: ChatState,
+    tokens: Tokens,
+    config: ApiConfig,
+    next_job: JobId,
+    password_waits: HashMap<JobId, PasswordWait>,
+    password_jobs: Vec<(JobId, PasswordJob)>,
+    unsubmitted: Vec<PersistWait>,
+    next_batch: BatchId,
+    batches: HashMap<BatchId, Vec<PersistWait>>,
+    last_token_purge: Option<Instant>,
+}
+
+fn invalid(error: String) -> Response {
+    Response::res_with_error(400, "invalid parameters", &error)
+}
+
+/// A required parameter, checked against its rule.
+fn required<'a>(params: &'a Params, field: &str, rule: fn(&str) -> Result<(), &'static str>) -> Result<&'a str, Response> {
+    match params.get(field) {
+        None | Some("") => Err(invalid(format!("{field}: required"))),
+        Some(value) => rule(value).map(|()| value).map_err(|why| invalid(format!("{field}: {why}"))),
+    }
+}
+
+fn non_empty(_: &str) -> Result<(), &'static str> {
+    Ok(())
+}
+
+fn parse_capacity(params: &Params, default: u32) -> Result<u32, Response> {
+    match params.get("capacity") {
+        None | Some("") => Ok(default),
+        Some(text) => match text.parse::<u32>() {
+            Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+            _ => Err(invalid("capacity: must be a whole number from 1 to 10000".to_string())),
+        },
+    }
+}
+
+#[derive(Serialize)]
+struct LoginData<'a> {
+    user_tel: &'a str,
+    user_name: &'a str,
+    user_avatar_url: &'a str,
+    token: &'a str,
+}
+
+#[derive(Serialize)]
+struct LoginReply<'a> {
+    res: &'a str,
+    data: Option<LoginData<'a>>,
+}
+
+fn login_failure(res: &str) -> Response {
+    Response::json(200, &LoginReply { res, data: None })
+}
+
+#[derive(Serialize)]
+struct RoomEntry<'a> {
+    name: &'a str,
+    population: usize,
+}
+
+#[derive(Serialize)]
+struct RoomListEntry<'a> {
+    room_name: &'a str,
+    population: usize,
+}
+
+#[derive(Serialize)]
+struct RoomList<'a> {
+    rooms: Vec<RoomEntry<'a>>,
+    room_list: Vec<RoomListEntry<'a>>,
+}
+
+fn preflight() -> Response {
+    Response {
+        status: 204,
+        content_type: crate::http::response::JSON,
+        headers: vec![
+            ("Access-Control-Allow-Methods", ALLOWED_METHODS.to_string()),
+            ("Access-Control-Allow-Headers", "Content-Type, Authorization, X-Requested-With".to_string()),
+            ("Access-Control-Max-Age", "86400".to_string()),
+        ],
+        body: Vec::new(),
+        close: false,
+    }
+}
+
+impl Api {
+    pub fn new(state: ChatState, config: ApiConfig) -> Api {
+        Api {
+            state,
+            tokens: Tokens::default(),
+            config,
+            next_job: 1,
+            password_waits: HashMap::new(),
+            password_jobs: Vec::new(),
+            unsubmitted: Vec::new(),
+            next_batch: 1,
+            batches: HashMap::new(),
+            last_token_purge: None,
+        }
+    }
+
+    pub fn state(&self) -> &ChatState {
+        &self.state
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// Answers a request now, or starts the work its answer waits on.
+    pub fn handle(&mut self, conn: ConnRef, request: &Request, _peer: IpAddr, now: Now) -> Outcome {
+        let Some(endpoint) = route(request.path()) else {
+            return Outcome::Reply(Response::res(404, "not found"));
+        };
+        match request.method.as_str() {
+            "GET" | "HEAD" | "POST" => {}
+            "OPTIONS" => return Outcome::Reply(preflight()),
+            _ => {
+                return Outcome::Reply(Response::res(405, "method not allowed").with_header("Allow", ALLOWED_METHODS));
+            }
+        }
+        let params = match params::extract(request.query(), request.header("content-type"), &request.body) {
+            Ok(params) => params,
+            Err(ParamError::Invalid(error)) => return Outcome::Reply(invalid(error)),
+            Err(ParamError::UnsupportedMediaType(error)) => {
+                return Outcome::Reply(Response::res_with_error(415, "unsupported media type", &error));
+            }
+        };
+        let result = match endpoint {
+            Endpoint::Register => self.register(conn, &params),
+            Endpoint::Login => self.login(conn, &params),
+            Endpoint::List => Ok(Outcome::Reply(self.list())),
+            Endpoint::Create => self.create(conn, &params, now),
+            Endpoint::Room => self.room(&params, now),
+            Endpoint::Health => Ok(Outcome::Reply(Response::json(200, &serde_json::json!({"status": "ok"})))),
+        };
+        result.unwrap_or_else(Outcome::Reply)
+    }
+
+    fn password_job(&mut self, wait: PasswordWait, job: PasswordJob) -> Result<Outcome, Response> {
+        if self.password_waits.len() >= self.config.max_pending_hashes {
+            return Err(Response::res(503, "server busy").with_header("Retry-After", "1"));
+        }
+        let id = self.next_job;
+        self.next_job += 1;
+        self.password_waits.insert(id, wait);
+        self.password_jobs.push((id, job));
+        Ok(Outcome::Pending)
+    }
+
+    fn register(&mut self, conn: ConnRef, params: &Params) -> Result<Outcome, Response> {
+        let tel = required(params, "user_tel", validate::user_tel)?;
+        let name = required(params, "user_name", validate::user_name)?;
+        let password = required(params, "user_password", validate::user_password)?;
+        let avatar_url = params.get("user_avatar_url").unwrap_or("");
+        validate::user_avatar_url(avatar_url).map_err(|why| invalid(format!("user_avatar_url: {why}")))?;
+        if self.state.reserve_user(tel, name) == Taken::Exists {
+            return Ok(Outcome::Reply(Response::res(200, "user exist")));
+        }
+        let wait = PasswordWait::Register {
+            conn,
+            tel: tel.to_string(),
+            name: name.to_string(),
+            avatar_url: avatar_url.to_string(),
+        };
+        let job = PasswordJob::Hash {
+            password: password.to_string(),
+        };
+        self.password_job(wait, job).inspect_err(|_| self.state.release_user(tel, name))
+    }
+
+    fn login(&mut self, conn: ConnRef, params: &Params) -> Result<Outcome, Response> {
+        let tel = required(params, "user_tel", validate::user_tel)?;
+        let password = required(params, "user_password", validate::user_password)?;
+        let Some(user) = self.state.user_id_by_tel(tel) else {
+            return Ok(Outcome::Reply(login_failure("user not exist")));
+        };
+        let phc = self.state.user(user).map(|u| u.password_hash.clone()).unwrap_or_default();
+        let job = PasswordJob::Verify {
+            password: password.to_string(),
+            phc,
+        };
+        self.password_job(PasswordWait::Login { conn, user }, job)
+    }
+
+    fn list(&self) -> Response {
+        let rooms = self.state.rooms();
+        let mut list = RoomList {
+            rooms: Vec::with_capacity(self.state.room_count()),
+            room_list: Vec::with_capacity(self.state.room_count()),
+        };
+        for room in rooms {
+            list.rooms.push(RoomEntry {
+                name: &room.name,
+                population: room.population(),
+            });
+            list.room_list.push(RoomListEntry {
+                room_name: &room.name,
+                population: room.population(),
+            });
+        }
+        Response::json(200, &list)
+    }
+
+    fn create(&mut self, conn: ConnRef, params: &Params, now: Now) -> Result<Outcome, Response> {
+        let name = required(params, "room_name", validate::room_name)?;
+        let capacity = parse_capacity(params, self.config.room_capacity)?;
+        match self.state.reserve_room(name, self.config.max_rooms) {
+            RoomReservation::Exists => Ok(Outcome::Reply(Response::res(200, "chatroom already exist"))),
+            RoomReservation::TooMany => Ok(Outcome::Reply(Response::res(200, "too many rooms"))),
+            RoomReservation::Reserved => {
+                let record = Record::Room(RoomRecord {
+                    name: name.to_string(),
+                    capacity,
+                    created_ms: now.unix_ms,
+                });
+                self.unsubmitted.push(PersistWait { conn, record });
+                Ok(Outcome::Pending)
+            }
+        }
+    }
+
+    fn room(&mut self, params: &Params, now: Now) -> Result<Outcome, Response> {
+        let room_name = required(params, "room_name", validate::room_name)?;
+        let user_name = required(params, "user_name", validate::user_name)?;
+        let status = required(params, "status", non_empty)?;
+        let reply = |res| Ok(Outcome::Reply(Response::res(200, res)));
+        let Some(room) = self.state.room_id(room_name) else {
+            return reply("invalid room");
+        };
+        match status {
+            "1" => {
+                let Some(user) = self.state.user_id_by_name(user_name) else {
+                    return reply("user not exist");
+                };
+                match self.state.admit(room, user, now.mono) {
+                    Admission::Joined => reply("join chatroom"),
+                    Admission::Full => reply("full room"),
+                }
+            }
+            "0" => {
+                let released = self
+                    .state
+                    .user_id_by_name(user_name)
+                    .is_some_and(|user| self.state.release_seat(room, user));
+                if released {
+                    reply("leave chatroom")
+                } else {
+                    reply("user not exist")
+                }
+            }
+            _ => reply("invalid status"),
+        }
+    }
+
+    /// Password jobs to hand to the pool (drained).
+    pub fn take_password_jobs(&mut self) -> Vec<(JobId, PasswordJob)> {
+        std::mem::take(&mut self.password_jobs)
+    }
+
+    /// Every record queued since the last call, as one batch: one reactor
+    /// turn's writes share one fsync.
+    pub fn take_persist_batch(&mut self) -> Option<(BatchId, Vec<Record>)> {
+        if self.unsubmitted.is_empty() {
+            return None;
+        }
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        let waits = std::mem::take(&mut self.unsubmitted);
+        let records = waits.iter().map(|wait| wait.record.clone()).collect();
+        self.batches.insert(batch, waits);
+        Some((batch, records))
+    }
+
+    pub fn on_password_done(&mut self, job: JobId, outcome: PasswordOutcome, now: Now) -> Option<(ConnRef, Response)> {
+        let wait = self.password_waits.remove(&job)?;
+        match (wait, outcome) {
+            (
+                PasswordWait::Register {
+                    conn,
+                    tel,
+                    name,
+                    avatar_url,
+                },
+                PasswordOutcome::Hashed(hashed),
+            ) => match hashed {
+                Ok(password_hash) => {
+                    let record = Record::User(UserRecord {
+                        tel,
+                        name,
+                        password_hash,
+                        avatar_url,
+                        created_ms: now.unix_ms,
+                    });
+                    self.unsubmitted.push(PersistWait { conn, record });
+                    None
+                }
+                Err(error) => {
+                    log::error!("password hashing failed: {error}");
+                    self.state.release_user(&tel, &name);
+                    Some((conn, Response::res(500, "internal error")))
+                }
+            },
+            (PasswordWait::Login { conn, user }, PasswordOutcome::Verified(true)) => {
+                Some((conn, self.login_success(user, now)))
+            }
+            (PasswordWait::Login { conn, .. }, PasswordOutcome::Verified(false)) => {
+                Some((conn, login_failure("password wrong")))
+            }
+            (PasswordWait::Register { conn, tel, name, .. }, PasswordOutcome::Verified(_)) => {
+                self.state.release_user(&tel, &name);
+                Some((conn, Response::res(500, "internal error")))
+            }
+            (PasswordWait::Login { conn, .. }, PasswordOutcome::Hashed(_)) => {
+                Some((conn, Response::res(500, "internal error")))
+            }
+        }
+    }
+
+    fn login_success(&mut self, user: UserId, now: Now) -> Response {
+        let token = match self.tokens.issue(user, now.mono) {
+            Ok(token) => token,
+            Err(error) => {
+                log::error!("{error}");
+                return Response::res(500, "internal error");
+            }
+        };
+        let Some(profile) = self.state.user(user) else {
+            return Response::res(500, "internal error");
+        };
+        Response::json(
+            200,
+            &LoginReply {
+                res: "login successfully",
+                data: Some(LoginData {
+                    user_tel: &profile.tel,
+                    user_name: &profile.name,
+                    user_avatar_url: &profile.avatar_url,
+                    token: &token,
+                }),
+            },
+        )
+    }
+
+    /// A batch reached the disk, or failed to: the replies it held back.
+    pub fn on_batch_done(&mut self, completion: Completion) -> Vec<(ConnRef, Response)> {
+        let Some(waits) = self.batches.remove(&completion.batch) else {
+            return Vec::new();
+        };
+        if let Err(error) = &completion.result {
+            log::error!("storage write failed, {} record(s) not acknowledged: {error}", waits.len());
+        }
+        waits
+            .into_iter()
+            .map(|wait| {
+                let durable = completion.result.is_ok();
+                let response = match wait.record {
+                    Record::User(user) if durable => {
+                        self.state.add_user(user);
+                        Response::res(200, "register successfully")
+                    }
+                    Record::User(user) => {
+                        self.state.release_user(&user.tel, &user.name);
+                        Response::res(503, "storage unavailable")
+                    }
+                    Record::Room(room) if durable => {
+                        self.state.add_room(room);
+                        Response::res(200, "chatroom create successfully")
+                    }
+                    Record::Room(room) => {
+                        self.state.release_room(&room.name);
+                        Response::res(503, "storage unavailable")
+                    }
+                };
+                (wait.conn, response)
+            })
+            .collect()
+    }
+
+    /// Time-driven work: seat expiry and token purging.
+    pub fn tick(&mut self, now: Now) {
+        self.state.expire_seats(now.mono);
+        let purge_due = self
+            .last_token_purge
+            .is_none_or(|last| now.mono.duration_since(last) >= std::time::Duration::from_secs(3600));
+        if purge_due {
+            self.tokens.purge_expired(now.mono);
+            self.last_token_purge = Some(now.mono);
+        }
+    }
+
+    /// When `tick` next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.state.next_seat_expiry()
+    }
+
+    /// Work still owed to clients: password jobs or writes in flight.
+    pub fn has_pending_work(&self) -> bool {
+        !self.password_waits.is_empty() || !self.batches.is_empty() || !self.unsubmitted.is_empty()
+    }
+}

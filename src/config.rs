@@ -1,0 +1,216 @@
+//! Server configuration: the command line (SPEC §7) and its defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::http::request::HttpLimits;
+
+/// Everything the server can be told; `Config::default()` is SPEC's defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub ws_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub cors_origin: String,
+    pub room_capacity: u32,
+    pub max_rooms: usize,
+    pub seat_ttl: Duration,
+    pub http_limits: HttpLimits,
+    pub header_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub max_connections: usize,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub hash_threads: usize,
+    /// Password jobs allowed to wait for a hash thread before requests are
+    /// answered 503: a flood of logins must not queue unbounded work.
+    pub max_pending_hashes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Cli::parse_from(["chatroom"]).into_config()
+    }
+}
+
+/// Parses `60`, `60s`, `500ms`, `2m`, `1h` into a duration.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 60, 60s, 500ms or 2m"))?;
+    let duration = match unit {
+        "" | "s" => Duration::from_secs(value),
+        "ms" => Duration::from_millis(value),
+        "m" => Duration::from_secs(value.saturating_mul(60)),
+        "h" => Duration::from_secs(value.saturating_mul(3600)),
+        _ => return Err(format!("unknown unit `{unit}` in `{text}` (use ms, s, m or h)")),
+    };
+    Ok(duration)
+}
+
+fn default_hash_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+fn parse_capacity(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err("must be a whole number from 1 to 10000".to_string()),
+    }
+}
+
+/// Command line of the `chatroom` binary.
+#[derive(Debug, Parser)]
+#[command(name = "chatroom", version, about = "A chat backend: HTTP JSON API and WebSocket chat rooms, in one small process.")]
+pub struct Cli {
+    /// Address of the HTTP API (also serves the WebSocket upgrade at /ws).
+    #[arg(long = "http", value_name = "ADDR", default_value = "0.0.0.0:5000")]
+    pub http_addr: SocketAddr,
+
+    /// Address of the WebSocket chat listener (any path is accepted).
+    #[arg(long = "ws", value_name = "ADDR", default_value = "0.0.0.0:2333")]
+    pub ws_addr: SocketAddr,
+
+    /// Directory holding users.jsonl, rooms.jsonl and the lock file; created if missing.
+    #[arg(long, value_name = "DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Value of Access-Control-Allow-Origin on every response.
+    #[arg(long, value_name = "ORIGIN", default_value = "*")]
+    pub cors_origin: String,
+
+    /// Seats in a room created without an explicit capacity (1-10000).
+    #[arg(long, value_name = "N", default_value = "100", value_parser = parse_capacity)]
+    pub room_capacity: u32,
+
+    /// Most rooms the server will hold; creation past it answers "too many rooms".
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_rooms: usize,
+
+    /// How long a seat survives with no WebSocket connection of its user in the room.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub seat_ttl: Duration,
+
+    /// Most bytes of request line plus headers (431 past it).
+    #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Most header fields in one request (431 past it).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_headers: usize,
+
+    /// Most bytes of request body (413 past it).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Time a client has to send a request's headers, and then its body (408 past it).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Idle keep-alive HTTP connections are closed after this long.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Most open connections over both listeners; past it HTTP gets 503.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// argon2id memory cost in KiB.
+    #[arg(long, value_name = "KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id iterations (time cost).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub argon2_iterations: u32,
+
+    /// Threads that hash and verify passwords (default: cores, at most 4).
+    #[arg(long, value_name = "N", default_value_t = default_hash_threads())]
+    pub hash_threads: usize,
+
+    /// Password jobs that may wait for a hash thread before requests get 503.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_pending_hashes: usize,
+}
+
+impl Cli {
+    pub fn into_config(self) -> Config {
+        Config {
+            http_addr: self.http_addr,
+            ws_addr: self.ws_addr,
+            data_dir: self.data_dir,
+            cors_origin: self.cors_origin,
+            room_capacity: self.room_capacity,
+            max_rooms: self.max_rooms,
+            seat_ttl: self.seat_ttl,
+            http_limits: HttpLimits {
+                max_head_bytes: self.max_header_bytes,
+                max_headers: self.max_headers,
+                max_body_bytes: self.max_body_bytes,
+            },
+            header_timeout: self.header_timeout,
+            keep_alive_timeout: self.keepalive_timeout,
+            max_connections: self.max_connections,
+            argon2_memory_kib: self.argon2_memory_kib,
+            argon2_iterations: self.argon2_iterations,
+            hash_threads: self.hash_threads.max(1),
+            max_pending_hashes: self.max_pending_hashes.max(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let config = Config::default();
+        assert_eq!(config.http_addr, "0.0.0.0:5000".parse().unwrap());
+        assert_eq!(config.ws_addr, "0.0.0.0:2333".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.cors_origin, "*");
+        assert_eq!(config.room_capacity, 100);
+        assert_eq!(config.max_rooms, 10_000);
+        assert_eq!(config.seat_ttl, Duration::from_secs(60));
+        assert_eq!(config.http_limits, HttpLimits::default());
+        assert_eq!(config.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.keep_alive_timeout, Duration::from_secs(60));
+        assert_eq!(config.max_connections, 10_000);
+        assert_eq!(config.argon2_memory_kib, 19_456);
+        assert_eq!(config.argon2_iterations, 2);
+    }
+
+    #[test]
+    fn durations_accept_units() {
+        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn capacity_is_range_checked() {
+        assert!(Cli::try_parse_from(["chatroom", "--room-capacity", "0"]).is_err());
+        assert!(Cli::try_parse_from(["chatroom", "--room-capacity", "10001"]).is_err());
+        let cli = Cli::try_parse_from(["chatroom", "--room-capacity", "5"]).unwrap();
+        assert_eq!(cli.into_config().room_capacity, 5);
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,767 @@
+//! The reactor: the one thread that owns every socket. It reads until
+//! `WouldBlock`, hands bytes to the connection's codec, runs what the codec
+//! and the API ask for, and writes queued output with vectored writes. It
+//! knows nothing about rooms or users.
+
+mod outqueue;
+mod timers;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::api::{Api, ConnRef, Now, Outcome};
+use crate::auth::{HashPool, JobId, PasswordOutcome};
+use crate::config::Config;
+use crate::http::request::{Event as HttpEvent, HttpError, Request, RequestParser};
+use crate::http::response::{Response, CONTINUE};
+use crate::store::{Completion, DataDir, Writer};
+
+pub use outqueue::{Flushed, OutQueue};
+use timers::Timers;
+
+pub const HTTP_LISTENER: Token = Token(usize::MAX - 1);
+pub const WAKER: Token = Token(usize::MAX - 2);
+
+/// How long a closing connection keeps draining input after its last
+/// response, so that the peer reads that response instead of a reset.
+const LINGER: Duration = Duration::from_secs(2);
+/// After an accept error such as EMFILE, wait this long before retrying
+/// instead of spinning on a listener that stays readable.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Shared read buffer size; one read never takes more than this.
+const READ_CHUNK: usize = 64 * 1024;
+/// Pipelined requests are not parsed while this much output is unsent: a
+/// client that sends without reading must not grow our memory.
+const OUTPUT_PAUSE_BYTES: usize = 256 * 1024;
+
+/// Results that helper threads send back to the reactor.
+#[derive(Debug)]
+pub enum HelperEvent {
+    Password(JobId, PasswordOutcome),
+    Stored(Completion),
+}
+
+/// What the reply to an awaited request must look like once it arrives.
+#[derive(Debug, Clone, Copy)]
+struct ReplyShape {
+    head_only: bool,
+    keep_alive: bool,
+    http10: bool,
+}
+
+#[derive(Debug)]
+struct HttpConn {
+    parser: RequestParser,
+    /// When the bytes of the request being received started arriving (or
+    /// when its head completed, for the body).
+    request_started: Option<Instant>,
+    awaiting: Option<ReplyShape>,
+    /// Answer what is queued, then close.
+    close_after_flush: bool,
+}
+
+#[derive(Debug)]
+enum Protocol {
+    Http(HttpConn),
+    /// Output is flushed and the write side shut; input is drained until EOF
+    /// or the linger deadline.
+    Closing,
+}
+
+struct Connection {
+    socket: TcpStream,
+    peer: SocketAddr,
+    generation: u32,
+    inbuf: Vec<u8>,
+    out: OutQueue,
+    protocol: Protocol,
+    /// When this connection next needs attention from the timer.
+    deadline: Option<Instant>,
+    last_activity: Instant,
+    write_interest: bool,
+    peer_closed: bool,
+    /// Reading stopped with input left in the socket; edge-triggered
+    /// polling will not report it again, so it must be resumed by hand.
+    read_paused: bool,
+    in_dirty_list: bool,
+}
+
+impl Connection {
+    fn conn_ref(&self, key: usize) -> ConnRef {
+        ((self.generation as u64) << 32) | key as u64
+    }
+}
+
+fn token_for(key: usize, generation: u32) -> Token {
+    Token(((generation as usize) << 32) | key)
+}
+
+fn split_token(token: Token) -> (usize, u32) {
+    (token.0 & 0xffff_ffff, (token.0 >> 32) as u32)
+}
+
+fn split_conn_ref(conn: ConnRef) -> (usize, u32) {
+    ((conn & 0xffff_ffff) as usize, (conn >> 32) as u32)
+}
+
+fn set_deadline(timers: &mut Timers, key: usize, conn: &mut Connection, deadline: Option<Instant>) {
+    timers.reschedule(key, conn.generation, conn.deadline, deadline);
+    conn.deadline = deadline;
+}
+
+fn is_resource_exhaustion(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(code) if code == 24 /* EMFILE */ || code == 23 /* ENFILE */ || code == 105 /* ENOBUFS */ || code == 12 /* ENOMEM */
+    )
+}
+
+pub struct Reactor {
+    poll: Poll,
+    http_listener: TcpListener,
+    config: Config,
+    api: Api,
+    conns: Slab<Connection>,
+    timers: Timers,
+    next_generation: u32,
+    helper_events: Receiver<HelperEvent>,
+    hash_pool: HashPool,
+    writer: Option<Writer>,
+    _data_dir: DataDir,
+    stop: Arc<AtomicBool>,
+    scratch: Vec<u8>,
+    dirty: Vec<usize>,
+    resume_reads: Vec<usize>,
+    accept_paused_until: Option<Instant>,
+}
+
+/// The parts the reactor is built from (see `Server::bind`).
+pub struct ReactorParts {
+    pub poll: Poll,
+    pub http_listener: TcpListener,
+    pub config: Config,
+    pub api: Api,
+    pub helper_events: Receiver<HelperEvent>,
+    pub hash_pool: HashPool,
+    pub writer: Writer,
+    pub data_dir: DataDir,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Reactor {
+    pub fn new(parts: ReactorParts) -> io::Result<Reactor> {
+        let ReactorParts {
+            poll,
+            mut http_listener,
+            config,
+            api,
+            helper_events,
+            hash_pool,
+            writer,
+            data_dir,
+            stop,
+        } = parts;
+        poll.registry()
+            .register(&mut http_listener, HTTP_LISTENER, Interest::READABLE)?;
+        Ok(Reactor {
+            poll,
+            http_listener,
+            config,
+            api,
+            conns: Slab::new(),
+            timers: Timers::default(),
+            next_generation: 0,
+            helper_events,
+            hash_pool,
+            writer: Some(writer),
+            _data_dir: data_dir,
+            stop,
+            scratch: vec![0; READ_CHUNK],
+            dirty: Vec::new(),
+            resume_reads: Vec::new(),
+            accept_paused_until: None,
+        })
+    }
+
+    /// Runs until the stop flag is set (and the waker woken).
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        while !self.stop.load(Ordering::Acquire) {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Now::read();
+            self.api.tick(now);
+            for event in events.iter() {
+                match event.token() {
+                    HTTP_LISTENER => self.accept(now),
+                    WAKER => self.drain_helper_events(now),
+                    token => {
+                        let (key, generation) = split_token(token);
+                        if self.conns.get(key).is_some_and(|c| c.generation == generation) {
+                            if event.is_writable() {
+                                self.flush(key, now);
+                            }
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                self.on_readable(key, now);
+                            }
+                        }
+                    }
+                }
+            }
+            self.fire_timers(now);
+            self.end_of_turn(now);
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.resume_reads.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        [self.timers.next(), self.api.next_deadline(), self.accept_paused_until]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|deadline| deadline.saturating_duration_since(now))
+    }
+
+    fn shutdown(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.flush_quietly(key);
+            self.remove(key);
+        }
+        if let Some(writer) = self.writer.take() {
+            writer.shutdown();
+        }
+    }
+
+    fn accept(&mut self, now: Now) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            match self.http_listener.accept() {
+                Ok((socket, peer)) => self.admit_connection(socket, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    if is_resource_exhaustion(&e) {
+                        log::warn!("accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?}");
+                    } else {
+                        log::error!("accept failed: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    }
+                    self.accept_paused_until = Some(now.mono + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit_connection(&mut self, mut socket: TcpStream, peer: SocketAddr, now: Now) {
+        if self.conns.len() >= self.config.max_connections {
+            // Best effort: the socket is fresh, so a short response fits in
+            // its send buffer; if not, the client only sees the close.
+            let busy = Response::res(503, "too many connections").with_header("Retry-After", "1");
+            let _ = socket.write(&busy.encode(false, false, false, &self.config.cors_origin));
+            log::warn!("refused {peer}: {} connections open", self.conns.len());
+            return;
+        }
+        let _ = socket.set_nodelay(true);
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if key > 0xffff_ffff {
+            return;
+        }
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut socket, token_for(key, generation), Interest::READABLE)
+        {
+            log::warn!("could not register {peer}: {e}");
+            return;
+        }
+        entry.insert(Connection {
+            socket,
+            peer,
+            generation,
+            inbuf: Vec::new(),
+            out: OutQueue::default(),
+            protocol: Protocol::Http(HttpConn {
+                parser: RequestParser::new(self.config.http_limits),
+                request_started: None,
+                awaiting: None,
+                close_after_flush: false,
+            }),
+            deadline: None,
+            last_activity: now.mono,
+            write_interest: false,
+            peer_closed: false,
+            read_paused: false,
+            in_dirty_list: false,
+        });
+        log::debug!("accepted {peer}");
+        // Edge-triggered: bytes that arrived with the connection would never
+        // raise another event, so read them now.
+        self.on_readable(key, now);
+    }
+
+    /// Reads everything the socket has, then lets the protocol consume it.
+    fn on_readable(&mut self, key: usize, now: Now) {
+        let cap = self.read_cap();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        loop {
+            if conn.inbuf.len() >= cap {
+                // Stop taking bytes until the protocol catches up; the
+                // kernel buffer and TCP flow control hold the rest.
+                conn.read_paused = true;
+                break;
+            }
+            match conn.socket.read(&mut self.scratch) {
+                Ok(0) => {
+                    conn.peer_closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    conn.last_activity = now.mono;
+                    if matches!(conn.protocol, Protocol::Closing) {
+                        continue;
+                    }
+                    conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("read from {} failed: {e}", conn.peer);
+                    self.remove(key);
+                    return;
+                }
+            }
+        }
+        self.process(key, now);
+    }
+
+    fn process(&mut self, key: usize, now: Now) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.protocol {
+            Protocol::Http(_) => self.process_http(key, now),
+            Protocol::Closing => {
+                if conn.peer_closed {
+                    self.remove(key);
+                }
+            }
+        }
+    }
+
+    fn process_http(&mut self, key: usize, now: Now) {
+        let mut consumed = 0;
+        let mut failure = None;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let Protocol::Http(http) = &mut conn.protocol else {
+                break;
+            };
+            // Parse only as far as we may answer: not past a request whose
+            // reply is still owed (replies go out in order), not past a
+            // close, and not while the client is far behind in reading.
+            if http.awaiting.is_some() || http.close_after_flush || conn.out.pending_bytes() > OUTPUT_PAUSE_BYTES {
+                break;
+            }
+            let input = conn.inbuf.get(consumed..).unwrap_or_default();
+            if http.request_started.is_none() && !input.is_empty() {
+                http.request_started = Some(now.mono);
+            }
+            let was_in_body = http.parser.in_body();
+            match http.parser.parse(input) {
+                Ok((used, event)) => {
+                    consumed += used;
+                    match event {
+                        None => {
+                            if http.parser.in_body() && !was_in_body {
+                                // The head is complete: the body gets its own timeout.
+                                http.request_started = Some(now.mono);
+                            }
+                            if used == 0 {
+                                break;
+                            }
+                        }
+                        Some(HttpEvent::ContinueExpected) => {
+                            http.request_started = Some(now.mono);
+                            conn.out.push(CONTINUE.to_vec());
+                            self.mark_dirty(key);
+                        }
+                        Some(HttpEvent::Request(request)) => {
+                            http.request_started = None;
+                            self.dispatch(key, request, now);
+                        }
+                    }
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            if consumed > 0 {
+                conn.inbuf.drain(..consumed.min(conn.inbuf.len()));
+            }
+            if conn.inbuf.is_empty() {
+                // An idle connection keeps no buffer.
+                conn.inbuf = Vec::new();
+            }
+        }
+        if let Some(error) = failure {
+            self.reject_request(key, error);
+        }
+        self.after_input(key, now);
+    }
+
+    fn reject_request(&mut self, key: usize, error: HttpError) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Protocol::Http(http) = &mut conn.protocol else {
+            return;
+        };
+        log::debug!("rejecting request from {}: {}", conn.peer, error.reason());
+        let res = match error {
+            HttpError::BadRequest(_) => "bad request",
+            HttpError::HeadTooLarge | HttpError::TooManyHeaders => "request header fields too large",
+            HttpError::BodyTooLarge => "payload too large",
+            HttpError::VersionNotSupported => "http version not supported",
+            HttpError::ExpectationFailed => "expectation failed",
+        };
+        let response = Response::res_with_error(error.status(), res, error.reason());
+        http.close_after_flush = true;
+        http.request_started = None;
+        conn.inbuf = Vec::new();
+        conn.out
+            .push(response.encode(false, false, false, &self.config.cors_origin));
+        self.mark_dirty(key);
+    }
+
+    fn dispatch(&mut self, key: usize, request: Request, now: Now) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let shape = ReplyShape {
+            head_only: request.method == "HEAD",
+            keep_alive: request.keep_alive(),
+            http10: request.minor_version == 0,
+        };
+        let conn_ref = conn.conn_ref(key);
+        match self.api.handle(conn_ref, &request, conn.peer.ip(), now) {
+            Outcome::Reply(response) => self.send_reply(key, shape, response),
+            Outcome::Pending => {
+                if let Protocol::Http(http) = &mut conn.protocol {
+                    http.awaiting = Some(shape);
+                }
+            }
+        }
+    }
+
+    fn send_reply(&mut self, key: usize, shape: ReplyShape, response: Response) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Protocol::Http(http) = &mut conn.protocol else {
+            return;
+        };
+        let keep_alive = shape.keep_alive && !response.close && !conn.peer_closed;
+        conn.out.push(response.encode(
+            shape.head_only,
+            keep_alive,
+            shape.http10,
+            &self.config.cors_origin,
+        ));
+        if !keep_alive {
+            http.close_after_flush = true;
+        }
+        self.mark_dirty(key);
+    }
+
+    /// Routes a reply that waited on a helper back to its connection, if
+    /// that connection is still the one that asked.
+    fn deliver(&mut self, conn_ref: ConnRef, response: Response, now: Now) {
+        let (key, generation) = split_conn_ref(conn_ref);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.generation != generation {
+            return;
+        }
+        let Protocol::Http(http) = &mut conn.protocol else {
+            return;
+        };
+        let Some(shape) = http.awaiting.take() else {
+            return;
+        };
+        self.send_reply(key, shape, response);
+        // Pipelined requests held back behind this one can go now.
+        self.process(key, now);
+    }
+
+    /// Decides what a connection is waiting for after its input was handled.
+    fn after_input(&mut self, key: usize, now: Now) {
+        let read_cap = self.read_cap();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Protocol::Http(http) = &mut conn.protocol {
+            if conn.peer_closed && http.awaiting.is_none() {
+                // Nothing more can arrive: send what is owed, then close.
+                if conn.out.is_empty() {
+                    self.remove(key);
+                    return;
+                }
+                http.close_after_flush = true;
+            }
+            if conn.read_paused && conn.inbuf.len() < read_cap {
+                conn.read_paused = false;
+                self.resume_reads.push(key);
+            }
+        }
+        self.mark_dirty(key);
+        self.update_deadline(key, now);
+    }
+
+    /// Input a connection may hold unparsed before we stop reading it.
+    fn read_cap(&self) -> usize {
+        self.config.http_limits.max_head_bytes + READ_CHUNK
+    }
+
+    fn update_deadline(&mut self, key: usize, now: Now) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let deadline = match &conn.protocol {
+            Protocol::Http(http) => {
+                if http.awaiting.is_some() {
+                    None
+                } else if let Some(started) = http.request_started {
+                    Some(started + self.config.header_timeout)
+                } else {
+                    // Idle between requests, or waiting for the client to
+                    // read what we sent.
+                    Some(conn.last_activity + self.config.keep_alive_timeout)
+                }
+            }
+            Protocol::Closing => conn.deadline.or(Some(now.mono + LINGER)),
+        };
+        set_deadline(&mut self.timers, key, conn, deadline);
+    }
+
+    fn fire_timers(&mut self, now: Now) {
+        while let Some((key, generation)) = self.timers.pop_due(now.mono) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.generation != generation {
+                continue;
+            }
+            conn.deadline = None;
+            self.on_deadline(key, now);
+        }
+        if self.accept_paused_until.is_some_and(|at| at <= now.mono) {
+            self.accept_paused_until = None;
+            self.accept(now);
+        }
+    }
+
+    fn on_deadline(&mut self, key: usize, now: Now) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match &mut conn.protocol {
+            Protocol::Http(http) if http.request_started.is_some() => {
+                log::debug!("request timeout for {}", conn.peer);
+                let response = Response::res(408, "request timeout");
+                http.close_after_flush = true;
+                http.request_started = None;
+                conn.inbuf = Vec::new();
+                conn.out
+                    .push(response.encode(false, false, false, &self.config.cors_origin));
+                set_deadline(&mut self.timers, key, conn, Some(now.mono + LINGER));
+                self.mark_dirty(key);
+            }
+            _ => {
+                log::debug!("closing idle connection {}", conn.peer);
+                self.remove(key);
+            }
+        }
+    }
+
+    fn drain_helper_events(&mut self, now: Now) {
+        while let Ok(event) = self.helper_events.try_recv() {
+            match event {
+                HelperEvent::Password(job, outcome) => {
+                    if let Some((conn, response)) = self.api.on_password_done(job, outcome, now) {
+                        self.deliver(conn, response, now);
+                    }
+                }
+                HelperEvent::Stored(completion) => {
+                    for (conn, response) in self.api.on_batch_done(completion) {
+                        self.deliver(conn, response, now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn end_of_turn(&mut self, now: Now) {
+        // One pass per turn, so one flooding client cannot hold the loop.
+        for key in std::mem::take(&mut self.resume_reads) {
+            self.on_readable(key, now);
+        }
+        for (job, work) in self.api.take_password_jobs() {
+            self.hash_pool.submit(job, work);
+        }
+        if let Some((batch, records)) = self.api.take_persist_batch() {
+            if let Some(writer) = &self.writer {
+                writer.submit(batch, records);
+            }
+        }
+        // Cork: everything a connection was owed this turn leaves in one
+        // vectored write.
+        let dirty = std::mem::take(&mut self.dirty);
+        for key in &dirty {
+            if let Some(conn) = self.conns.get_mut(*key) {
+                conn.in_dirty_list = false;
+            }
+            self.flush(*key, now);
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.in_dirty_list {
+                conn.in_dirty_list = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Writes queued output; registers for writability only while a backlog
+    /// remains; completes a pending close once everything is out.
+    fn flush(&mut self, key: usize, now: Now) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let result = conn.out.flush_to(&mut conn.socket);
+        let blocked = match result {
+            Ok((written, how)) => {
+                if written > 0 {
+                    conn.last_activity = now.mono;
+                }
+                how == Flushed::Blocked
+            }
+            Err(e) => {
+                log::debug!("write to {} failed: {e}", conn.peer);
+                self.remove(key);
+                return;
+            }
+        };
+        if blocked != conn.write_interest {
+            let interest = if blocked {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let token = token_for(key, conn.generation);
+            if let Err(e) = self.poll.registry().reregister(&mut conn.socket, token, interest) {
+                log::debug!("reregister failed for {}: {e}", conn.peer);
+                self.remove(key);
+                return;
+            }
+            conn.write_interest = blocked;
+        }
+        if blocked {
+            return;
+        }
+        let close_now = match &conn.protocol {
+            Protocol::Http(http) => http.close_after_flush,
+            Protocol::Closing => false,
+        };
+        if close_now {
+            self.begin_close(key, now);
+        } else if let Protocol::Http(http) = &conn.protocol {
+            // Output drained: held-back pipelined input may proceed.
+            if http.awaiting.is_none() && !conn.inbuf.is_empty() {
+                self.process(key, now);
+            } else {
+                self.update_deadline(key, now);
+            }
+        }
+    }
+
+    /// Everything is written: shut our side and drain the peer's until it
+    /// closes, so our last response is read rather than reset.
+    fn begin_close(&mut self, key: usize, now: Now) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.peer_closed {
+            self.remove(key);
+            return;
+        }
+        let _ = conn.socket.shutdown(Shutdown::Write);
+        conn.protocol = Protocol::Closing;
+        conn.inbuf = Vec::new();
+        set_deadline(&mut self.timers, key, conn, Some(now.mono + LINGER));
+    }
+
+    /// Used at shutdown: one non-blocking attempt to send what is queued.
+    fn flush_quietly(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            let _ = conn.out.flush_to(&mut conn.socket);
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            self.timers.reschedule(key, conn.generation, conn.deadline, None);
+            let _ = self.poll.registry().deregister(&mut conn.socket);
+            log::debug!("closed {}", conn.peer);
+        }
+    }
+}
+
+/// A stop request for a running reactor, usable from any thread.
+#[derive(Clone)]
+pub struct StopHandle {
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+    }
+}

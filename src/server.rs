@@ -1,0 +1,204 @@
+//! Building and running a server: the library API the binary and the tests
+//! use.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use mio::net::TcpListener;
+use mio::{Poll, Waker};
+
+use crate::api::{Api, ApiConfig};
+use crate::auth::{self, HashCost, HashPool};
+use crate::chat::state::ChatState;
+use crate::config::Config;
+use crate::reactor::{HelperEvent, Reactor, ReactorParts, StopHandle, WAKER};
+use crate::store::{DataDir, StoreError, Writer};
+
+/// Why a server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Store(StoreError),
+    Bind { addr: SocketAddr, source: io::Error },
+    Config(String),
+    Io(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Store(e) => write!(f, "{e}"),
+            StartError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            StartError::Config(e) => write!(f, "invalid configuration: {e}"),
+            StartError::Io(e) => write!(f, "cannot start: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<io::Error> for StartError {
+    fn from(e: io::Error) -> Self {
+        StartError::Io(e)
+    }
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    // The reactor itself holds `Rc`s and may not cross threads, so it is
+    // assembled on the thread that runs it.
+    parts: ReactorParts,
+    http_addr: SocketAddr,
+    stop: StopHandle,
+}
+
+impl Server {
+    /// Opens the data directory, replays it, binds the listeners and starts
+    /// the helper threads. Port 0 binds a free port; see `http_addr`.
+    pub fn bind(config: Config) -> Result<Server, StartError> {
+        let cost = HashCost {
+            memory_kib: config.argon2_memory_kib,
+            iterations: config.argon2_iterations,
+        };
+        auth::validate_cost(cost).map_err(StartError::Config)?;
+
+        let (data_dir, replayed) = DataDir::open(&config.data_dir).map_err(StartError::Store)?;
+        log::info!(
+            "data directory {}: {} users, {} rooms",
+            config.data_dir.display(),
+            replayed.users.len(),
+            replayed.rooms.len()
+        );
+        let state = ChatState::from_replay(replayed, config.seat_ttl);
+
+        let http_listener = TcpListener::bind(config.http_addr).map_err(|source| StartError::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
+        let http_addr = http_listener.local_addr()?;
+
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (events_tx, helper_events) = mpsc::channel::<HelperEvent>();
+
+        let pool_tx = Mutex::new(events_tx.clone());
+        let pool_waker = Arc::clone(&waker);
+        let hash_pool = HashPool::spawn(
+            config.hash_threads,
+            cost,
+            Arc::new(move |job, outcome| {
+                if let Ok(tx) = pool_tx.lock() {
+                    let _ = tx.send(HelperEvent::Password(job, outcome));
+                }
+                let _ = pool_waker.wake();
+            }),
+        )?;
+
+        let store_waker = Arc::clone(&waker);
+        let writer = Writer::spawn(
+            &data_dir,
+            Box::new(move |completion| {
+                let _ = events_tx.send(HelperEvent::Stored(completion));
+                let _ = store_waker.wake();
+            }),
+        )?;
+
+        let stop_flag = Arc::new(AtomicBool::new(false));
+        let api = Api::new(
+            state,
+            ApiConfig {
+                room_capacity: config.room_capacity,
+                max_rooms: config.max_rooms,
+                max_pending_hashes: config.max_pending_hashes,
+            },
+        );
+        let parts = ReactorParts {
+            poll,
+            http_listener,
+            config,
+            api,
+            helper_events,
+            hash_pool,
+            writer,
+            data_dir,
+            stop: Arc::clone(&stop_flag),
+        };
+        Ok(Server {
+            parts,
+            http_addr,
+            stop: StopHandle {
+                stop: stop_flag,
+                waker,
+            },
+        })
+    }
+
+    /// The address the HTTP API listens on (the real port when bound to 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// A handle that stops the server from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Runs the reactor on this thread until stopped.
+    pub fn run(self) -> io::Result<()> {
+        log::info!("HTTP API listening on {}", self.http_addr);
+        Reactor::new(self.parts)?.run()
+    }
+
+    /// Runs the reactor on a new thread; the server stops when the returned
+    /// value is stopped or dropped.
+    pub fn spawn(self) -> io::Result<RunningServer> {
+        let http_addr = self.http_addr;
+        let stop = self.stop_handle();
+        let thread = std::thread::Builder::new()
+            .name("reactor".into())
+            .spawn(move || self.run())?;
+        Ok(RunningServer {
+            http_addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// A server running on its own thread.
+pub struct RunningServer {
+    http_addr: SocketAddr,
+    stop: StopHandle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl RunningServer {
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> io::Result<()> {
+        self.stop.stop();
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("reactor thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
