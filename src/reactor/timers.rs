@@ -41,10 +41,12 @@ impl Timers {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.due.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.due.is_empty()
     }
