@@ -330,14 +330,22 @@ impl HeadScan {
         // Nothing past the limit can belong to an acceptable head.
         let scan_end = input.len().min(max_head_bytes);
         let new_bytes = input.get(self.scanned..scan_end).unwrap_or_default();
-        for (offset, &byte) in new_bytes.iter().enumerate() {
+        let mut offset = 0;
+        while offset < new_bytes.len() {
+            if !self.at_line_start && !self.after_cr {
+                offset += first_line_break(&new_bytes[offset..]);
+            }
+            let Some(&byte) = new_bytes.get(offset) else {
+                break;
+            };
+            offset += 1;
             if self.after_cr {
                 if byte != b'\n' {
                     return Err(HttpError::BadRequest("CR without LF in request head"));
                 }
                 self.after_cr = false;
                 if self.at_line_start && !self.in_leading_empty_lines {
-                    return Ok(Some(self.scanned + offset + 1));
+                    return Ok(Some(self.scanned + offset));
                 }
                 self.at_line_start = true;
                 continue;
@@ -360,6 +368,41 @@ impl HeadScan {
         }
         Ok(None)
     }
+}
+
+/// The index of the first CR or LF in `bytes`, or its length if none.
+///
+/// Looks at a word at a time: most of a head is line content that only
+/// needs skipping.
+fn first_line_break(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    const CRS: u64 = u64::from_le_bytes([b'\r'; 8]);
+    const LFS: u64 = u64::from_le_bytes([b'\n'; 8]);
+    // Sets the high bit of each zero byte; a borrow can mark a byte above a
+    // real zero byte too, but never one below it, so the lowest mark is exact.
+    let zero_bytes = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
+
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in chunks.by_ref() {
+        let Ok(array) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let word = u64::from_le_bytes(array);
+        let marks = zero_bytes(word ^ CRS) | zero_bytes(word ^ LFS);
+        if marks != 0 {
+            // Little-endian load: the lowest mark is the earliest byte.
+            return offset + (marks.trailing_zeros() / 8) as usize;
+        }
+        offset += 8;
+    }
+    let tail = chunks.remainder();
+    offset
+        + tail
+            .iter()
+            .position(|&byte| byte == b'\r' || byte == b'\n')
+            .unwrap_or(tail.len())
 }
 
 /// A parsed head and how its body is framed (`None`: no body).
@@ -1100,6 +1143,48 @@ mod tests {
     }
 
     #[test]
+    fn line_break_search_matches_a_plain_scan() {
+        // Neighbours of CR and LF and high bytes are where a word-at-a-time
+        // search could misfire.
+        let fillers = [b'a', 0x0b, 0x0c, 0x0e, 0x09, 0x00, 0x8d, 0x8a, 0xff, 0x01];
+        for len in 0..40 {
+            for filler in fillers {
+                for line_break in [b'\r', b'\n'] {
+                    for at in 0..=len {
+                        let mut bytes = vec![filler; len];
+                        if let Some(byte) = bytes.get_mut(at) {
+                            *byte = line_break;
+                        }
+                        if let Some(byte) = bytes.get_mut(at + 1) {
+                            *byte = b'\r';
+                        }
+                        let expected = bytes
+                            .iter()
+                            .position(|&byte| byte == b'\r' || byte == b'\n')
+                            .unwrap_or(len);
+                        assert_eq!(first_line_break(&bytes), expected, "{bytes:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_bare_lf_anywhere_in_a_long_line_is_found() {
+        let line = "x".repeat(37);
+        for at in 0..line.len() {
+            let mut value = line.clone().into_bytes();
+            value[at] = b'\n';
+            let stream = [&b"GET / HTTP/1.1\r\nX: "[..], &value, b"\r\n\r\n"].concat();
+            assert_eq!(
+                error_of(&stream),
+                HttpError::BadRequest("bare LF in request head"),
+                "at {at}"
+            );
+        }
+    }
+
+    #[test]
     fn leading_empty_lines_are_skipped() {
         let request = only_request(b"\r\n\r\nGET /x HTTP/1.1\r\n\r\n");
         assert_eq!(request.path(), "/x");
@@ -1141,6 +1226,8 @@ mod tests {
             "1\rxa\r\n0\r\n\r\n",       // lone CR after size
             "1\r\nab\r\n0\r\n\r\n",     // data longer than announced
             "1\r\na\n0\r\n\r\n",        // bare LF after data
+            "1\r\nax\n0\r\n\r\n",       // junk instead of the CR after data
+            "1\r\na\rx0\r\n\r\n",       // junk instead of the LF after data
             "1\r\na\r\n0\r\n\n",        // bare LF ending trailers
             "1;a\nb\r\na\r\n0\r\n\r\n", // LF inside an extension
             "1;a\0\r\na\r\n0\r\n\r\n",  // NUL inside an extension
