@@ -559,3 +559,6 @@ impl Api {
         !self.password_waits.is_empty() || !self.batches.is_empty() || !self.unsubmitted.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;
