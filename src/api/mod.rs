@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -20,8 +20,20 @@ use crate::http::response::{Response, ALLOWED_METHODS};
 use crate::store::{BatchId, Completion, Record, RoomRecord, UserRecord};
 
 mod chat;
+mod limits;
 
 pub use chat::{ChatConfig, RateBucket};
+use limits::{client_key, FailureWindow};
+
+/// SPEC §2.3: 5 failed logins per phone number in 15 minutes, 30 per client
+/// address in a minute.
+const LOGIN_FAILURES_PER_USER: usize = 5;
+const LOGIN_USER_WINDOW: Duration = Duration::from_secs(15 * 60);
+const LOGIN_FAILURES_PER_CLIENT: usize = 30;
+const LOGIN_CLIENT_WINDOW: Duration = Duration::from_secs(60);
+/// Client addresses tracked at once; past it, new addresses go untracked
+/// (the per-user limit still holds).
+const MAX_TRACKED_CLIENTS: usize = 50_000;
 
 /// Opaque to the API: the reactor's name for a connection.
 pub type ConnRef = crate::chat::state::ConnId;
@@ -73,6 +85,7 @@ enum PasswordWait {
     Login {
         conn: ConnRef,
         user: UserId,
+        client: IpAddr,
     },
 }
 
@@ -116,6 +129,12 @@ pub struct Api {
     batches: HashMap<BatchId, Vec<PersistWait>>,
     last_token_purge: Option<Instant>,
     sessions: HashMap<ConnRef, chat::Session>,
+    // Failures are counted when a check starts and forgiven if it succeeds,
+    // so parallel guesses cannot slip past the limit while hashes run.
+    // Keyed by user, not by the phone number sent: unknown numbers cost
+    // nothing to try and must not fill this map.
+    login_failures_by_user: FailureWindow<UserId>,
+    login_failures_by_client: FailureWindow<IpAddr>,
     /// Frames for WebSocket connections, resolved to recipients when they
     /// were produced (membership may change before the reactor drains it).
     outbox: Vec<(ConnRef, Rc<[u8]>)>,
@@ -169,8 +188,8 @@ struct LoginReply<'a> {
     data: Option<LoginData<'a>>,
 }
 
-fn login_failure(res: &str) -> Response {
-    Response::json(200, &LoginReply { res, data: None })
+fn login_failure(res: &'static str) -> Response {
+    Response::json(200, &LoginReply { res, data: None }).with_outcome(res)
 }
 
 #[derive(Serialize)]
@@ -204,6 +223,7 @@ fn preflight() -> Response {
             ("Access-Control-Max-Age", "86400".to_string()),
         ],
         body: Vec::new(),
+        outcome: "preflight",
         close: false,
     }
 }
@@ -223,6 +243,12 @@ impl Api {
             last_token_purge: None,
             sessions: HashMap::new(),
             outbox: Vec::new(),
+            login_failures_by_user: FailureWindow::new(LOGIN_FAILURES_PER_USER, LOGIN_USER_WINDOW, usize::MAX),
+            login_failures_by_client: FailureWindow::new(
+                LOGIN_FAILURES_PER_CLIENT,
+                LOGIN_CLIENT_WINDOW,
+                MAX_TRACKED_CLIENTS,
+            ),
         }
     }
 
@@ -235,7 +261,7 @@ impl Api {
     }
 
     /// Answers a request now, or starts the work its answer waits on.
-    pub fn handle(&mut self, conn: ConnRef, request: &Request, _peer: IpAddr, now: Now) -> Outcome {
+    pub fn handle(&mut self, conn: ConnRef, request: &Request, peer: IpAddr, now: Now) -> Outcome {
         let Some(endpoint) = route(request.path()) else {
             return Outcome::Reply(Response::res(404, "not found"));
         };
@@ -265,7 +291,7 @@ impl Api {
         };
         let result = match endpoint {
             Endpoint::Register => self.register(conn, &params),
-            Endpoint::Login => self.login(conn, &params),
+            Endpoint::Login => self.login(conn, &params, client_key(peer), now),
             Endpoint::List => Ok(Outcome::Reply(self.list())),
             Endpoint::Create => self.create(conn, &params, now),
             Endpoint::Room => self.room(&params, now),
@@ -311,12 +337,19 @@ impl Api {
             .inspect_err(|_| self.state.release_user(tel, name))
     }
 
-    fn login(&mut self, conn: ConnRef, params: &Params) -> Result<Outcome, Response> {
+    fn login(&mut self, conn: ConnRef, params: &Params, client: IpAddr, now: Now) -> Result<Outcome, Response> {
         let tel = required(params, "user_tel", validate::user_tel)?;
         let password = required(params, "user_password", validate::user_password)?;
+        if self.login_failures_by_client.is_blocked(&client, now.mono) {
+            return Ok(Outcome::Reply(login_failure("too many attempts")));
+        }
         let Some(user) = self.state.user_id_by_tel(tel) else {
+            self.login_failures_by_client.record(&client, now.mono);
             return Ok(Outcome::Reply(login_failure("user not exist")));
         };
+        if self.login_failures_by_user.is_blocked(&user, now.mono) {
+            return Ok(Outcome::Reply(login_failure("too many attempts")));
+        }
         let phc = self
             .state
             .user(user)
@@ -326,7 +359,10 @@ impl Api {
             password: password.to_string(),
             phc,
         };
-        self.password_job(PasswordWait::Login { conn, user }, job)
+        let outcome = self.password_job(PasswordWait::Login { conn, user, client }, job)?;
+        self.login_failures_by_user.record(&user, now.mono);
+        self.login_failures_by_client.record(&client, now.mono);
+        Ok(outcome)
     }
 
     fn list(&self) -> Response {
@@ -345,7 +381,7 @@ impl Api {
                 population: room.population(),
             });
         }
-        Response::json(200, &list)
+        Response::json(200, &list).with_outcome("list")
     }
 
     fn create(&mut self, conn: ConnRef, params: &Params, now: Now) -> Result<Outcome, Response> {
@@ -372,7 +408,7 @@ impl Api {
         let room_name = required(params, "room_name", validate::room_name)?;
         let user_name = required(params, "user_name", validate::user_name)?;
         let status = required(params, "status", non_empty)?;
-        let reply = |res| Ok(Outcome::Reply(Response::res(200, res)));
+        let reply = |res: &'static str| Ok(Outcome::Reply(Response::res(200, res)));
         let Some(room) = self.state.room_id(room_name) else {
             return reply("invalid room");
         };
@@ -453,7 +489,9 @@ impl Api {
                     Some((conn, Response::res(500, "internal error")))
                 }
             },
-            (PasswordWait::Login { conn, user }, PasswordOutcome::Verified(true)) => {
+            (PasswordWait::Login { conn, user, client }, PasswordOutcome::Verified(true)) => {
+                self.login_failures_by_user.clear(&user);
+                self.login_failures_by_client.forgive_one(&client);
                 Some((conn, self.login_success(user, now)))
             }
             (PasswordWait::Login { conn, .. }, PasswordOutcome::Verified(false)) => {
@@ -497,6 +535,7 @@ impl Api {
                 }),
             },
         )
+        .with_outcome("login successfully")
     }
 
     /// A batch reached the disk, or failed to: the replies it held back.
@@ -545,6 +584,8 @@ impl Api {
         });
         if purge_due {
             self.tokens.purge_expired(now.mono);
+            self.login_failures_by_user.prune(now.mono);
+            self.login_failures_by_client.prune(now.mono);
             self.last_token_purge = Some(now.mono);
         }
     }

@@ -16,6 +16,9 @@ pub struct Response {
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// What the response means, for metrics: the `res` string, or a short
+    /// label for responses without one.
+    pub outcome: &'static str,
     /// The connection must close after this response (errors that leave the
     /// request stream in an unknown state).
     pub close: bool,
@@ -32,23 +35,33 @@ impl Response {
             content_type: JSON,
             headers: Vec::new(),
             body,
+            outcome: "ok",
             close: false,
         }
     }
 
     /// `{"res": res}`, the shape of every business answer.
-    pub fn res(status: u16, res: &str) -> Response {
-        Response::json(status, &serde_json::json!({ "res": res }))
+    pub fn res(status: u16, res: &'static str) -> Response {
+        #[derive(Serialize)]
+        struct Res<'a> {
+            res: &'a str,
+        }
+        Response::json(status, &Res { res }).with_outcome(res)
     }
 
     /// `{"res": res, "error": error}`.
-    pub fn res_with_error(status: u16, res: &str, error: &str) -> Response {
+    pub fn res_with_error(status: u16, res: &'static str, error: &str) -> Response {
         #[derive(Serialize)]
         struct WithError<'a> {
             res: &'a str,
             error: &'a str,
         }
-        Response::json(status, &WithError { res, error })
+        Response::json(status, &WithError { res, error }).with_outcome(res)
+    }
+
+    pub fn with_outcome(mut self, outcome: &'static str) -> Response {
+        self.outcome = outcome;
+        self
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {

@@ -1,0 +1,182 @@
+//! Counters the reactor keeps and their Prometheus text rendering.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Upper bounds, in seconds, of the fsync latency histogram buckets.
+const SYNC_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    /// Cumulative counts per bucket of `SYNC_BUCKETS`.
+    buckets: [u64; SYNC_BUCKETS.len()],
+    count: u64,
+    sum_seconds: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, seconds: f64) {
+        for (bucket, bound) in self.buckets.iter_mut().zip(SYNC_BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_seconds += seconds;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (count, bound) in self.buckets.iter().zip(SYNC_BUCKETS) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum_seconds);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+/// Counters; only ever incremented, on the reactor thread.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub websocket_upgrades: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub ws_messages_in: u64,
+    pub ws_messages_out: u64,
+    pub slow_consumer_closes: u64,
+    pub frames_dropped: u64,
+    pub fsync_seconds: Histogram,
+    pub storage_failures: u64,
+    /// Keyed by (endpoint, outcome); both come from fixed sets, so the
+    /// number of series is bounded whatever clients send.
+    requests: BTreeMap<(&'static str, &'static str), u64>,
+}
+
+/// Values read at scrape time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    pub http_connections: usize,
+    pub ws_connections: usize,
+    pub rooms: usize,
+    pub users: usize,
+    pub seats: usize,
+    pub tokens: usize,
+}
+
+impl Metrics {
+    pub fn count_request(&mut self, endpoint: &'static str, outcome: &'static str) {
+        *self.requests.entry((endpoint, outcome)).or_default() += 1;
+    }
+
+    pub fn render(&self, gauges: Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut gauge = |name: &str, help: &str, value: usize| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        };
+        gauge(
+            "chatroom_open_connections_http",
+            "Open HTTP connections (not upgraded).",
+            gauges.http_connections,
+        );
+        gauge(
+            "chatroom_open_connections_websocket",
+            "Open WebSocket connections.",
+            gauges.ws_connections,
+        );
+        gauge("chatroom_rooms", "Rooms.", gauges.rooms);
+        gauge("chatroom_users", "Registered users.", gauges.users);
+        gauge("chatroom_seats", "Seats taken over all rooms.", gauges.seats);
+        gauge("chatroom_login_tokens", "Live login tokens.", gauges.tokens);
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        };
+        counter(
+            "chatroom_connections_accepted_total",
+            "Connections accepted on both listeners.",
+            self.connections_accepted,
+        );
+        counter(
+            "chatroom_connections_refused_total",
+            "Connections refused at the connection cap.",
+            self.connections_refused,
+        );
+        counter(
+            "chatroom_websocket_upgrades_total",
+            "Completed WebSocket handshakes.",
+            self.websocket_upgrades,
+        );
+        counter("chatroom_bytes_in_total", "Bytes read from clients.", self.bytes_in);
+        counter("chatroom_bytes_out_total", "Bytes written to clients.", self.bytes_out);
+        counter(
+            "chatroom_ws_messages_in_total",
+            "WebSocket data messages received.",
+            self.ws_messages_in,
+        );
+        counter(
+            "chatroom_ws_messages_out_total",
+            "WebSocket chat frames queued for clients (one per recipient).",
+            self.ws_messages_out,
+        );
+        counter(
+            "chatroom_backpressure_closes_total",
+            "Connections closed for falling too far behind in reading (1008).",
+            self.slow_consumer_closes,
+        );
+        counter(
+            "chatroom_backpressure_dropped_frames_total",
+            "Queued frames dropped when closing slow consumers.",
+            self.frames_dropped,
+        );
+        counter(
+            "chatroom_storage_failures_total",
+            "Batches whose write or fsync failed (not acknowledged).",
+            self.storage_failures,
+        );
+        let _ = writeln!(out, "# HELP chatroom_http_requests_total HTTP requests by endpoint and outcome.");
+        let _ = writeln!(out, "# TYPE chatroom_http_requests_total counter");
+        for ((endpoint, outcome), count) in &self.requests {
+            let _ = writeln!(
+                out,
+                "chatroom_http_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+        self.fsync_seconds.render(
+            &mut out,
+            "chatroom_store_sync_seconds",
+            "Time to write and fsync one group commit.",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let mut metrics = Metrics::default();
+        metrics.count_request("/auth/login", "password wrong");
+        metrics.count_request("/auth/login", "password wrong");
+        metrics.fsync_seconds.observe(0.003);
+        metrics.bytes_in = 42;
+        let text = metrics.render(Gauges {
+            rooms: 3,
+            ..Gauges::default()
+        });
+        assert!(text.contains("# TYPE chatroom_rooms gauge\nchatroom_rooms 3\n"));
+        assert!(text.contains("chatroom_bytes_in_total 42\n"));
+        assert!(text.contains("chatroom_http_requests_total{endpoint=\"/auth/login\",outcome=\"password wrong\"} 2\n"));
+        assert!(text.contains("chatroom_store_sync_seconds_bucket{le=\"0.0025\"} 0\n"));
+        assert!(text.contains("chatroom_store_sync_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("chatroom_store_sync_seconds_count 1\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "not a sample line: {line}");
+        }
+    }
+}
