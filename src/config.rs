@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::api::ChatConfig;
 use crate::http::request::HttpLimits;
+use crate::ws::Limits as WsLimits;
 
 /// Everything the server can be told; `Config::default()` is SPEC's defaults.
 #[derive(Debug, Clone)]
@@ -28,6 +30,25 @@ pub struct Config {
     /// Password jobs allowed to wait for a hash thread before requests are
     /// answered 503: a flood of logins must not queue unbounded work.
     pub max_pending_hashes: usize,
+    pub chat: ChatConfig,
+    /// Origins allowed to open a WebSocket; empty means any.
+    pub allowed_origins: Vec<String>,
+    pub ws_limits: WsLimits,
+    /// Unsent output past which a connection is closed as a slow consumer.
+    pub max_outbound_bytes: usize,
+    /// WebSocket idle time before the server pings.
+    pub ws_ping_after: Duration,
+    /// WebSocket silence after which the connection is closed.
+    pub ws_idle_timeout: Duration,
+    /// What WebSocket messages are for: the chat, or echoing them back
+    /// (the conformance-test server in `examples/echo.rs`).
+    pub ws_mode: WsMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsMode {
+    Chat,
+    Echo,
 }
 
 impl Default for Config {
@@ -141,6 +162,46 @@ pub struct Cli {
     /// Password jobs that may wait for a hash thread before requests get 503.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_pending_hashes: usize,
+
+    /// Only these Origins may open a WebSocket (repeatable); without it any origin may.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+
+    /// Refuse WebSocket packets without a valid login token.
+    #[arg(long)]
+    pub require_token: bool,
+
+    /// Longest chat message, in characters.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub max_msg_chars: usize,
+
+    /// Sustained WebSocket packets per second per connection; 0 turns the limit off.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub ws_rate: u32,
+
+    /// WebSocket packets a connection may send in one burst.
+    #[arg(long, value_name = "N", default_value_t = 40)]
+    pub ws_burst: u32,
+
+    /// Largest WebSocket message, in bytes (close 1009 past it).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most frames one fragmented WebSocket message may arrive in.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_fragments: usize,
+
+    /// Unsent output past which a connection is closed as a slow consumer (1008).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    pub max_outbound_bytes: usize,
+
+    /// Idle time after which the server pings a WebSocket.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub ws_ping_after: Duration,
+
+    /// Silence after which a WebSocket is closed.
+    #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = parse_duration)]
+    pub ws_idle_timeout: Duration,
 }
 
 impl Cli {
@@ -165,6 +226,21 @@ impl Cli {
             argon2_iterations: self.argon2_iterations,
             hash_threads: self.hash_threads.max(1),
             max_pending_hashes: self.max_pending_hashes.max(1),
+            chat: ChatConfig {
+                require_token: self.require_token,
+                max_msg_chars: self.max_msg_chars,
+                ws_rate: self.ws_rate,
+                ws_burst: self.ws_burst.max(1),
+            },
+            allowed_origins: self.allowed_origins,
+            ws_limits: WsLimits {
+                max_message_bytes: self.max_message_bytes,
+                max_fragments: self.max_fragments.max(1),
+            },
+            max_outbound_bytes: self.max_outbound_bytes,
+            ws_ping_after: self.ws_ping_after,
+            ws_idle_timeout: self.ws_idle_timeout,
+            ws_mode: WsMode::Chat,
         }
     }
 }
@@ -189,6 +265,15 @@ mod tests {
         assert_eq!(config.max_connections, 10_000);
         assert_eq!(config.argon2_memory_kib, 19_456);
         assert_eq!(config.argon2_iterations, 2);
+        assert!(!config.chat.require_token);
+        assert_eq!(config.chat.max_msg_chars, 2000);
+        assert_eq!((config.chat.ws_rate, config.chat.ws_burst), (20, 40));
+        assert_eq!(config.ws_limits.max_message_bytes, 64 * 1024);
+        assert_eq!(config.max_outbound_bytes, 1024 * 1024);
+        assert_eq!(config.ws_ping_after, Duration::from_secs(30));
+        assert_eq!(config.ws_idle_timeout, Duration::from_secs(75));
+        assert!(config.allowed_origins.is_empty());
+        assert_eq!(config.ws_mode, WsMode::Chat);
     }
 
     #[test]

@@ -14,5 +14,5 @@ pub mod server;
 pub mod store;
 pub mod ws;
 
-pub use config::{Cli, Config};
+pub use config::{Cli, Config, WsMode};
 pub use server::{RunningServer, Server, StartError};

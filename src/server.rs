@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
 
-use crate::api::{Api, ApiConfig};
+use crate::api::ApiConfig;
 use crate::auth::{self, HashCost, HashPool};
 use crate::chat::state::ChatState;
 use crate::config::Config;
@@ -108,19 +108,18 @@ impl Server {
         )?;
 
         let stop_flag = Arc::new(AtomicBool::new(false));
-        let api = Api::new(
-            state,
-            ApiConfig {
-                room_capacity: config.room_capacity,
-                max_rooms: config.max_rooms,
-                max_pending_hashes: config.max_pending_hashes,
-            },
-        );
+        let api_config = ApiConfig {
+            room_capacity: config.room_capacity,
+            max_rooms: config.max_rooms,
+            max_pending_hashes: config.max_pending_hashes,
+            chat: config.chat.clone(),
+        };
         let parts = ReactorParts {
             poll,
             http_listener,
             config,
-            api,
+            state,
+            api_config,
             helper_events,
             hash_pool,
             writer,

@@ -8,6 +8,8 @@ use crate::store::{Replayed, RoomRecord, UserRecord};
 
 pub type UserId = u32;
 pub type RoomId = u32;
+/// A WebSocket connection, as the reactor names it.
+pub type ConnId = u64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -30,12 +32,30 @@ pub struct Room {
     pub name: String,
     pub capacity: u32,
     seats: HashMap<UserId, Seat>,
+    /// Connections subscribed to the room and the user each is bound to.
+    members: Vec<(ConnId, UserId)>,
 }
 
 impl Room {
     pub fn population(&self) -> usize {
         self.seats.len()
     }
+
+    pub fn members(&self) -> &[(ConnId, UserId)] {
+        &self.members
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.seats.len() >= self.capacity as usize
+    }
+}
+
+/// Whether a join opened the room or joined people already in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    /// The room had no seats taken before this join.
+    Create,
+    Join,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +221,7 @@ impl ChatState {
             name: record.name,
             capacity: record.capacity,
             seats: HashMap::new(),
+            members: Vec::new(),
         });
         id
     }
@@ -241,20 +262,70 @@ impl ChatState {
         Admission::Joined
     }
 
-    /// Releases a seat; false if the user held none in that room.
-    pub fn release_seat(&mut self, room_id: RoomId, user: UserId) -> bool {
-        let Some(room) = self.rooms.get_mut(room_id as usize) else {
-            return false;
-        };
-        match room.seats.remove(&user) {
+    /// Releases a seat, unsubscribing the user's connections from the room;
+    /// returns those connections, or `None` if the user held no seat there.
+    pub fn release_seat(&mut self, room_id: RoomId, user: UserId) -> Option<Vec<ConnId>> {
+        let room = self.rooms.get_mut(room_id as usize)?;
+        let seat = room.seats.remove(&user)?;
+        if let Some(expires) = seat.expires {
+            self.seat_expiry.remove(&(expires, room_id, user));
+        }
+        self.seats_held -= 1;
+        let mut evicted = Vec::new();
+        room.members.retain(|&(conn, member)| {
+            if member == user {
+                evicted.push(conn);
+            }
+            member != user
+        });
+        Some(evicted)
+    }
+
+    /// Subscribes a connection of `user` to a room, taking a seat if the
+    /// user holds none. The caller has checked that the room is not full
+    /// for this user. While connected, the seat does not expire.
+    pub fn subscribe(&mut self, room_id: RoomId, conn: ConnId, user: UserId) -> Option<JoinKind> {
+        let room = self.rooms.get_mut(room_id as usize)?;
+        let kind = if room.seats.is_empty() { JoinKind::Create } else { JoinKind::Join };
+        match room.seats.get_mut(&user) {
             Some(seat) => {
-                if let Some(expires) = seat.expires {
+                seat.connections += 1;
+                if let Some(expires) = seat.expires.take() {
                     self.seat_expiry.remove(&(expires, room_id, user));
                 }
-                self.seats_held -= 1;
-                true
             }
-            None => false,
+            None => {
+                room.seats.insert(
+                    user,
+                    Seat {
+                        connections: 1,
+                        expires: None,
+                    },
+                );
+                self.seats_held += 1;
+            }
+        }
+        room.members.push((conn, user));
+        Some(kind)
+    }
+
+    /// Removes a connection from a room. The seat stays; when it was the
+    /// user's last connection there, its TTL starts.
+    pub fn unsubscribe(&mut self, room_id: RoomId, conn: ConnId, now: Instant) {
+        let expires = now + self.seat_ttl;
+        let Some(room) = self.rooms.get_mut(room_id as usize) else {
+            return;
+        };
+        let Some(index) = room.members.iter().position(|(member, _)| *member == conn) else {
+            return;
+        };
+        let (_, user) = room.members.swap_remove(index);
+        if let Some(seat) = room.seats.get_mut(&user) {
+            seat.connections = seat.connections.saturating_sub(1);
+            if seat.connections == 0 && seat.expires.is_none() {
+                seat.expires = Some(expires);
+                self.seat_expiry.insert((expires, room_id, user));
+            }
         }
     }
 
@@ -345,8 +416,8 @@ mod tests {
         assert_eq!(state.admit(small, ann, now), Admission::Joined, "refresh, not a second seat");
         assert_eq!(state.admit(small, bob, now), Admission::Full);
         assert_eq!(state.room(small).unwrap().population(), 1);
-        assert!(state.release_seat(small, ann));
-        assert!(!state.release_seat(small, ann));
+        assert_eq!(state.release_seat(small, ann), Some(vec![]));
+        assert_eq!(state.release_seat(small, ann), None);
         assert_eq!(state.seats_held(), 0);
         assert_eq!(state.admit(small, bob, now), Admission::Joined);
     }
@@ -368,6 +439,42 @@ mod tests {
         assert_eq!(state.expire_seats(start + Duration::from_secs(90)), vec![(hall, ann)]);
         assert_eq!(state.seats_held(), 0);
         assert_eq!(state.next_seat_expiry(), None);
+    }
+
+    #[test]
+    fn connections_hold_seats_and_their_departure_starts_the_ttl() {
+        let start = Instant::now();
+        let mut state = ChatState::new(TTL);
+        let ann = state.add_user(user("1", "ann"));
+        let bob = state.add_user(user("2", "bob"));
+        let hall = state.add_room(room("hall", 10));
+        assert_eq!(state.subscribe(hall, 100, ann), Some(JoinKind::Create));
+        assert_eq!(state.subscribe(hall, 101, ann), Some(JoinKind::Join), "second tab, same seat");
+        assert_eq!(state.subscribe(hall, 200, bob), Some(JoinKind::Join));
+        assert_eq!(state.room(hall).unwrap().population(), 2);
+        assert_eq!(state.room(hall).unwrap().members().len(), 3);
+        assert_eq!(state.next_seat_expiry(), None, "connected seats do not expire");
+        state.unsubscribe(hall, 100, start);
+        assert_eq!(state.next_seat_expiry(), None, "ann still has a tab open");
+        state.unsubscribe(hall, 101, start);
+        assert_eq!(state.next_seat_expiry(), Some(start + TTL));
+        assert_eq!(state.subscribe(hall, 102, ann), Some(JoinKind::Join));
+        assert_eq!(state.next_seat_expiry(), None, "reconnecting stops the clock");
+        assert_eq!(state.release_seat(hall, bob), Some(vec![200]));
+        assert_eq!(state.room(hall).unwrap().members(), &[(102, ann)]);
+        assert!(state.expire_seats(start + TTL * 2).is_empty());
+    }
+
+    #[test]
+    fn admitted_seat_of_a_user_who_connects_does_not_expire() {
+        let start = Instant::now();
+        let mut state = ChatState::new(TTL);
+        let ann = state.add_user(user("1", "ann"));
+        let hall = state.add_room(room("hall", 10));
+        state.admit(hall, ann, start);
+        assert_eq!(state.subscribe(hall, 1, ann), Some(JoinKind::Join), "an admitted seat was taken already");
+        assert!(state.expire_seats(start + TTL).is_empty());
+        assert_eq!(state.seats_held(), 1);
     }
 
     #[test]

@@ -43,7 +43,12 @@ impl Response {
 
     /// `{"res": res, "error": error}`.
     pub fn res_with_error(status: u16, res: &str, error: &str) -> Response {
-        Response::json(status, &serde_json::json!({ "res": res, "error": error }))
+        #[derive(Serialize)]
+        struct WithError<'a> {
+            res: &'a str,
+            error: &'a str,
+        }
+        Response::json(status, &WithError { res, error })
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {

@@ -17,7 +17,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::api::{Api, ConnRef, Now, Outcome};
+use crate::api::{Api, ApiConfig, ConnRef, Now, Outcome};
+use crate::chat::state::ChatState;
 use crate::auth::{HashPool, JobId, PasswordOutcome};
 use crate::config::Config;
 use crate::http::request::{Event as HttpEvent, HttpError, Request, RequestParser};
@@ -148,7 +149,8 @@ pub struct ReactorParts {
     pub poll: Poll,
     pub http_listener: TcpListener,
     pub config: Config,
-    pub api: Api,
+    pub state: ChatState,
+    pub api_config: ApiConfig,
     pub helper_events: Receiver<HelperEvent>,
     pub hash_pool: HashPool,
     pub writer: Writer,
@@ -162,13 +164,15 @@ impl Reactor {
             poll,
             mut http_listener,
             config,
-            api,
+            state,
+            api_config,
             helper_events,
             hash_pool,
             writer,
             data_dir,
             stop,
         } = parts;
+        let api = Api::new(state, api_config);
         poll.registry()
             .register(&mut http_listener, HTTP_LISTENER, Interest::READABLE)?;
         Ok(Reactor {

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -18,8 +19,12 @@ use crate::http::request::Request;
 use crate::http::response::{Response, ALLOWED_METHODS};
 use crate::store::{BatchId, Completion, Record, RoomRecord, UserRecord};
 
-/// Opaque to the API: the reactor's name for the connection owed a reply.
-pub type ConnRef = u64;
+mod chat;
+
+pub use chat::{ChatConfig, RateBucket};
+
+/// Opaque to the API: the reactor's name for a connection.
+pub type ConnRef = crate::chat::state::ConnId;
 
 /// The two clocks a handler may need, read once per reactor turn.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +51,7 @@ pub struct ApiConfig {
     pub room_capacity: u32,
     pub max_rooms: usize,
     pub max_pending_hashes: usize,
+    pub chat: ChatConfig,
 }
 
 /// What became of a request.
@@ -109,6 +115,10 @@ pub struct Api {
     next_batch: BatchId,
     batches: HashMap<BatchId, Vec<PersistWait>>,
     last_token_purge: Option<Instant>,
+    sessions: HashMap<ConnRef, chat::Session>,
+    /// Frames for WebSocket connections, resolved to recipients when they
+    /// were produced (membership may change before the reactor drains it).
+    outbox: Vec<(ConnRef, Rc<[u8]>)>,
 }
 
 fn invalid(error: String) -> Response {
@@ -200,6 +210,8 @@ impl Api {
             next_batch: 1,
             batches: HashMap::new(),
             last_token_purge: None,
+            sessions: HashMap::new(),
+            outbox: Vec::new(),
         }
     }
 
@@ -343,11 +355,10 @@ impl Api {
                 }
             }
             "0" => {
-                let released = self
-                    .state
-                    .user_id_by_name(user_name)
-                    .is_some_and(|user| self.state.release_seat(room, user));
-                if released {
+                let Some(user) = self.state.user_id_by_name(user_name) else {
+                    return reply("user not exist");
+                };
+                if self.release_seat_and_evict(room, user, now) {
                     reply("leave chatroom")
                 } else {
                     reply("user not exist")

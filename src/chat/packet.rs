@@ -1,0 +1,317 @@
+//! The chat packets of SPEC §4: reading what clients send, in the order the
+//! error table checks it, and writing what the server sends.
+
+use std::fmt;
+use std::rc::Rc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::ws;
+
+/// What a client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketKind {
+    Join,
+    Leave,
+    Msg,
+}
+
+/// A structurally valid client packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientPacket {
+    pub kind: PacketKind,
+    pub user_name: String,
+    /// Empty when absent.
+    pub user_avatar: String,
+    pub room_name: String,
+    /// Empty when absent (join and leave need none).
+    pub msg: String,
+    pub token: Option<String>,
+}
+
+/// Every error a packet can earn; `Display` is the wire string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketError {
+    InvalidMessage,
+    InvalidType,
+    InvalidData,
+    IllegalData,
+    NullMessage,
+    Unauthorized,
+    UserNotExist,
+    UserMismatch,
+    InvalidRoom,
+    FullRoom,
+    NotInRoom,
+    TooManyRooms,
+    MessageTooLong,
+    RateLimited,
+}
+
+impl PacketError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PacketError::InvalidMessage => "invalid message",
+            PacketError::InvalidType => "invalid type",
+            PacketError::InvalidData => "invalid data",
+            PacketError::IllegalData => "illegal data",
+            PacketError::NullMessage => "null message",
+            PacketError::Unauthorized => "unauthorized",
+            PacketError::UserNotExist => "user not exist",
+            PacketError::UserMismatch => "user mismatch",
+            PacketError::InvalidRoom => "invalid room",
+            PacketError::FullRoom => "full room",
+            PacketError::NotInRoom => "not in room",
+            PacketError::TooManyRooms => "too many rooms",
+            PacketError::MessageTooLong => "message too long",
+            PacketError::RateLimited => "rate limited",
+        }
+    }
+}
+
+impl fmt::Display for PacketError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an error packet echoes back: whatever the client sent for the user
+/// and the room, when it was a string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Echo {
+    pub user_name: String,
+    pub user_avatar: String,
+    pub room_name: String,
+}
+
+fn string_at<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
+    value.get(key).and_then(Value::as_str)
+}
+
+fn echo_of(data: Option<&Value>) -> Echo {
+    let Some(data) = data else {
+        return Echo::default();
+    };
+    let user = data.get("user");
+    Echo {
+        user_name: user.and_then(|u| string_at(u, "user_name")).unwrap_or_default().to_string(),
+        user_avatar: user.and_then(|u| string_at(u, "user_avatar")).unwrap_or_default().to_string(),
+        room_name: string_at(data, "room_name").unwrap_or_default().to_string(),
+    }
+}
+
+/// Reads a text frame as a packet, applying the structural checks of the
+/// error table in order (`invalid message` … `null message`). On error, the
+/// echo fields to put in the error packet come along.
+pub fn parse(text: &str) -> Result<ClientPacket, (PacketError, Echo)> {
+    let Ok(Value::Object(root)) = serde_json::from_str::<Value>(text) else {
+        return Err((PacketError::InvalidMessage, Echo::default()));
+    };
+    let data = root.get("data");
+    let echo = || echo_of(data);
+    let (Some(Value::String(kind)), Some(data @ Value::Object(_))) = (root.get("type"), data) else {
+        return Err((PacketError::InvalidMessage, echo()));
+    };
+    let kind = match kind.as_str() {
+        "join" => PacketKind::Join,
+        "leave" => PacketKind::Leave,
+        "msg" => PacketKind::Msg,
+        _ => return Err((PacketError::InvalidType, echo())),
+    };
+    let invalid_data = || Err((PacketError::InvalidData, echo()));
+    let Some(user @ Value::Object(_)) = data.get("user") else {
+        return invalid_data();
+    };
+    let Some(Value::String(user_name)) = user.get("user_name") else {
+        return invalid_data();
+    };
+    let user_avatar = match user.get("user_avatar") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(avatar)) => avatar.as_str(),
+        Some(_) => return invalid_data(),
+    };
+    let Some(Value::String(room_name)) = data.get("room_name") else {
+        return invalid_data();
+    };
+    let msg = match (kind, data.get("msg")) {
+        (_, Some(Value::String(msg))) => msg.as_str(),
+        (PacketKind::Msg, _) => return invalid_data(),
+        (_, _) => "",
+    };
+    let token = match data.get("token") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(token)) => Some(token.clone()),
+        Some(_) => return invalid_data(),
+    };
+    if user_name.is_empty() || room_name.is_empty() {
+        return Err((PacketError::IllegalData, echo()));
+    }
+    if kind == PacketKind::Msg && msg.is_empty() {
+        return Err((PacketError::NullMessage, echo()));
+    }
+    Ok(ClientPacket {
+        kind,
+        user_name: user_name.clone(),
+        user_avatar: user_avatar.to_string(),
+        room_name: room_name.clone(),
+        msg: msg.to_string(),
+        token,
+    })
+}
+
+#[derive(Serialize)]
+struct OutUser<'a> {
+    user_name: &'a str,
+    user_avatar: &'a str,
+}
+
+#[derive(Serialize)]
+struct OutData<'a> {
+    user: OutUser<'a>,
+    room_name: &'a str,
+    msg: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct OutPacket<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data: OutData<'a>,
+}
+
+/// Room a server frame's length header in front of the JSON, so the frame is
+/// built in one buffer.
+const HEADER_ROOM: usize = ws::frame::MAX_SERVER_HEADER_LEN;
+
+/// A server packet as a complete WebSocket text frame, built once and shared
+/// by every recipient.
+pub fn server_frame(kind: &str, user_name: &str, user_avatar: &str, room_name: &str, msg: &str, ts: Option<u64>) -> Rc<[u8]> {
+    let packet = OutPacket {
+        kind,
+        data: OutData {
+            user: OutUser { user_name, user_avatar },
+            room_name,
+            msg,
+            ts,
+        },
+    };
+    let mut buffer = Vec::with_capacity(HEADER_ROOM + 96 + user_name.len() + room_name.len() + msg.len());
+    buffer.resize(HEADER_ROOM, 0);
+    // Serialising plain strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut buffer, &packet);
+    let payload_len = buffer.len() - HEADER_ROOM;
+    let header = ws::frame_header(ws::OpCode::Text, payload_len);
+    let header = header.as_bytes();
+    let start = HEADER_ROOM - header.len();
+    buffer[start..HEADER_ROOM].copy_from_slice(header);
+    Rc::from(&buffer[start..])
+}
+
+/// An `error` packet for one connection.
+pub fn error_frame(error: PacketError, echo: &Echo) -> Rc<[u8]> {
+    server_frame("error", &echo.user_name, &echo.user_avatar, &echo.room_name, error.as_str(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(text: &str) -> PacketError {
+        parse(text).unwrap_err().0
+    }
+
+    #[test]
+    fn the_original_examples_parse() {
+        let join = r#"{"type":"join","data":{"user":{"user_name":"test","user_avatar":""},"room_name":"TEST","msg":""}}"#;
+        let packet = parse(join).unwrap();
+        assert_eq!(packet.kind, PacketKind::Join);
+        assert_eq!(packet.user_name, "test");
+        assert_eq!(packet.room_name, "TEST");
+        let msg = r#"{"type":"msg","data":{"user":{"user_name":"test","user_avatar":""},"room_name":"TEST","msg":"hello"}}"#;
+        assert_eq!(parse(msg).unwrap().msg, "hello");
+    }
+
+    #[test]
+    fn structural_errors_follow_the_table_order() {
+        assert_eq!(error_of("not json"), PacketError::InvalidMessage);
+        assert_eq!(error_of("[1,2]"), PacketError::InvalidMessage);
+        assert_eq!(error_of(r#"{"data":{}}"#), PacketError::InvalidMessage);
+        assert_eq!(error_of(r#"{"type":"join"}"#), PacketError::InvalidMessage);
+        assert_eq!(error_of(r#"{"type":1,"data":{}}"#), PacketError::InvalidMessage);
+        assert_eq!(error_of(r#"{"type":"join","data":"x"}"#), PacketError::InvalidMessage);
+        assert_eq!(error_of(r#"{"type":"shout","data":{}}"#), PacketError::InvalidType);
+        assert_eq!(error_of(r#"{"type":"join","data":{"room_name":"r"}}"#), PacketError::InvalidData);
+        assert_eq!(error_of(r#"{"type":"join","data":{"user":{},"room_name":"r"}}"#), PacketError::InvalidData);
+        assert_eq!(error_of(r#"{"type":"join","data":{"user":{"user_name":"a"}}}"#), PacketError::InvalidData);
+        assert_eq!(
+            error_of(r#"{"type":"join","data":{"user":{"user_name":"a"},"room_name":5}}"#),
+            PacketError::InvalidData
+        );
+        assert_eq!(
+            error_of(r#"{"type":"msg","data":{"user":{"user_name":"a"},"room_name":"r"}}"#),
+            PacketError::InvalidData
+        );
+        assert_eq!(
+            error_of(r#"{"type":"join","data":{"user":{"user_name":""},"room_name":"r"}}"#),
+            PacketError::IllegalData
+        );
+        assert_eq!(
+            error_of(r#"{"type":"leave","data":{"user":{"user_name":"a"},"room_name":""}}"#),
+            PacketError::IllegalData
+        );
+        assert_eq!(
+            error_of(r#"{"type":"msg","data":{"user":{"user_name":"a"},"room_name":"r","msg":""}}"#),
+            PacketError::NullMessage
+        );
+    }
+
+    #[test]
+    fn avatar_and_msg_may_be_absent_for_join() {
+        let packet = parse(r#"{"type":"join","data":{"user":{"user_name":"a"},"room_name":"r","token":"t"}}"#).unwrap();
+        assert_eq!(packet.user_avatar, "");
+        assert_eq!(packet.msg, "");
+        assert_eq!(packet.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn errors_echo_what_was_sent() {
+        let (error, echo) = parse(r#"{"type":"msg","data":{"user":{"user_name":"ann","user_avatar":"a.png"},"room_name":"r","msg":""}}"#).unwrap_err();
+        assert_eq!(error, PacketError::NullMessage);
+        assert_eq!(echo.user_name, "ann");
+        assert_eq!(echo.user_avatar, "a.png");
+        assert_eq!(echo.room_name, "r");
+        let frame = error_frame(error, &echo);
+        let json: Value = serde_json::from_slice(&frame[2..]).unwrap();
+        assert_eq!(json["type"], "error");
+        assert_eq!(json["data"]["msg"], "null message");
+        assert_eq!(json["data"]["user"]["user_name"], "ann");
+        assert_eq!(json["data"]["room_name"], "r");
+    }
+
+    #[test]
+    fn server_frames_are_single_unmasked_text_frames_of_full_shape() {
+        for msg in ["hi".to_string(), "x".repeat(300), "y".repeat(70_000)] {
+            let frame = server_frame("msg", "ann", "", "lobby", &msg, Some(7));
+            let mut decoder = ws::Decoder::new(ws::Limits {
+                max_message_bytes: 1 << 20,
+                max_fragments: 1,
+            });
+            // The decoder insists on client masking; check the header by hand.
+            assert_eq!(frame[0], 0x81, "FIN + text");
+            assert_eq!(frame[1] & 0x80, 0, "server frames are not masked");
+            assert!(decoder.decode(&frame).is_err(), "an unmasked frame is not a client frame");
+            let header_len = match frame[1] {
+                126 => 4,
+                127 => 10,
+                _ => 2,
+            };
+            let json: Value = serde_json::from_slice(&frame[header_len..]).unwrap();
+            assert_eq!(json["data"]["msg"], msg.as_str());
+            assert_eq!(json["data"]["ts"], 7);
+            assert_eq!(json["data"]["user"]["user_avatar"], "");
+        }
+    }
+}
