@@ -28,14 +28,15 @@ pub const JSON_TYPE: &str = "application/json; charset=utf-8";
 
 /// A configuration for tests: ephemeral ports, cheap argon2, the given dir.
 pub fn test_config(dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.http_addr = "127.0.0.1:0".parse().unwrap();
-    config.ws_addr = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = dir.to_path_buf();
-    config.argon2_memory_kib = 8;
-    config.argon2_iterations = 1;
-    config.hash_threads = 2;
-    config
+    Config {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        ws_addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        argon2_memory_kib: 8,
+        argon2_iterations: 1,
+        hash_threads: 2,
+        ..Config::default()
+    }
 }
 
 /// Binds and spawns a server on `dir` with `tweak` applied to the config.
