@@ -929,3 +929,57 @@ fn room_name_validation() {
     // The user name on /chatroom/room follows the user_name rule.
     room(addr, &max, &"u".repeat(33), "1").assert_invalid("user_name");
 }
+
+fn get_with_body(
+    addr: std::net::SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Reply {
+    let mut response = agent()
+        .get(format!("http://{addr}{path}"))
+        .header("Content-Type", content_type)
+        .force_send_body()
+        .send(body)
+        .unwrap();
+    Reply {
+        status: response.status().as_u16(),
+        headers: Vec::new(),
+        body: response.body_mut().read_to_string().unwrap(),
+    }
+}
+
+#[test]
+fn get_with_a_body_reads_every_body_kind() {
+    let server = TestServer::start();
+    let addr = server.addr;
+    let reply = get_with_body(
+        addr,
+        "/auth/register",
+        "application/x-www-form-urlencoded",
+        b"user_tel=3131&user_name=get+form&user_password=password1".to_vec(),
+    );
+    assert_eq!(reply.res(), "register successfully");
+    let reply = get_with_body(
+        addr,
+        "/auth/login",
+        "application/json",
+        json!({"user_tel": 3131, "user_password": "password1"})
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!(reply.res(), "login successfully");
+    assert_eq!(reply.json()["data"]["user_name"], json!("get form"));
+    let (content_type, body) = multipart(&[("room_name", "get multipart")]);
+    let reply = get_with_body(addr, "/chatroom/create", &content_type, body);
+    assert_eq!(reply.res(), "chatroom create successfully");
+    // Body over query on GET too.
+    let reply = get_with_body(
+        addr,
+        "/chatroom/room?status=0&user_name=nobody",
+        "application/x-www-form-urlencoded",
+        b"room_name=get+multipart&user_name=get+form&status=1".to_vec(),
+    );
+    assert_eq!(reply.res(), "join chatroom");
+    assert_eq!(population(addr, "get multipart"), Some(1));
+}
