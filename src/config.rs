@@ -72,7 +72,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(value),
         "m" => Duration::from_secs(value.saturating_mul(60)),
         "h" => Duration::from_secs(value.saturating_mul(3600)),
-        _ => return Err(format!("unknown unit `{unit}` in `{text}` (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}` (use ms, s, m or h)"
+            ))
+        }
     };
     Ok(duration)
 }
@@ -93,7 +97,11 @@ fn parse_capacity(text: &str) -> Result<u32, String> {
 
 /// Command line of the `chatroom` binary.
 #[derive(Debug, Parser)]
-#[command(name = "chatroom", version, about = "A chat backend: HTTP JSON API and WebSocket chat rooms, in one small process.")]
+#[command(
+    name = "chatroom",
+    version,
+    about = "A chat backend: HTTP JSON API and WebSocket chat rooms, in one small process."
+)]
 pub struct Cli {
     /// Address of the HTTP API (also serves the WebSocket upgrade at /ws).
     #[arg(long = "http", value_name = "ADDR", default_value = "0.0.0.0:5000")]

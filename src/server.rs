@@ -53,6 +53,7 @@ pub struct Server {
     // assembled on the thread that runs it.
     parts: ReactorParts,
     http_addr: SocketAddr,
+    ws_addr: SocketAddr,
     stop: StopHandle,
 }
 
@@ -75,11 +76,17 @@ impl Server {
         );
         let state = ChatState::from_replay(replayed, config.seat_ttl);
 
-        let http_listener = TcpListener::bind(config.http_addr).map_err(|source| StartError::Bind {
-            addr: config.http_addr,
+        let http_listener =
+            TcpListener::bind(config.http_addr).map_err(|source| StartError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
+        let http_addr = http_listener.local_addr()?;
+        let ws_listener = TcpListener::bind(config.ws_addr).map_err(|source| StartError::Bind {
+            addr: config.ws_addr,
             source,
         })?;
-        let http_addr = http_listener.local_addr()?;
+        let ws_addr = ws_listener.local_addr()?;
 
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -117,6 +124,7 @@ impl Server {
         let parts = ReactorParts {
             poll,
             http_listener,
+            ws_listener,
             config,
             state,
             api_config,
@@ -129,6 +137,7 @@ impl Server {
         Ok(Server {
             parts,
             http_addr,
+            ws_addr,
             stop: StopHandle {
                 stop: stop_flag,
                 waker,
@@ -141,6 +150,11 @@ impl Server {
         self.http_addr
     }
 
+    /// The address the WebSocket chat listener is bound to.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
     /// A handle that stops the server from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
@@ -149,6 +163,7 @@ impl Server {
     /// Runs the reactor on this thread until stopped.
     pub fn run(self) -> io::Result<()> {
         log::info!("HTTP API listening on {}", self.http_addr);
+        log::info!("WebSocket chat listening on {}", self.ws_addr);
         Reactor::new(self.parts)?.run()
     }
 
@@ -156,12 +171,14 @@ impl Server {
     /// value is stopped or dropped.
     pub fn spawn(self) -> io::Result<RunningServer> {
         let http_addr = self.http_addr;
+        let ws_addr = self.ws_addr;
         let stop = self.stop_handle();
         let thread = std::thread::Builder::new()
             .name("reactor".into())
             .spawn(move || self.run())?;
         Ok(RunningServer {
             http_addr,
+            ws_addr,
             stop,
             thread: Some(thread),
         })
@@ -171,6 +188,7 @@ impl Server {
 /// A server running on its own thread.
 pub struct RunningServer {
     http_addr: SocketAddr,
+    ws_addr: SocketAddr,
     stop: StopHandle,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
@@ -178,6 +196,10 @@ pub struct RunningServer {
 impl RunningServer {
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
     }
 
     /// Stops the server and waits for it to finish.

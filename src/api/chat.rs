@@ -113,8 +113,10 @@ impl Api {
             let burst = self.config.chat.ws_burst;
             session.bucket.take(rate, burst, now.mono);
         }
-        self.outbox
-            .push((conn, packet::error_frame(PacketError::InvalidMessage, &Echo::default())));
+        self.outbox.push((
+            conn,
+            packet::error_frame(PacketError::InvalidMessage, &Echo::default()),
+        ));
     }
 
     /// A text message: one packet.
@@ -124,9 +126,11 @@ impl Api {
         };
         // Every packet costs a token, valid or not, so a flood of garbage
         // drains the bucket as surely as a flood of messages.
-        let within_rate = session
-            .bucket
-            .take(self.config.chat.ws_rate, self.config.chat.ws_burst, now.mono);
+        let within_rate = session.bucket.take(
+            self.config.chat.ws_rate,
+            self.config.chat.ws_burst,
+            now.mono,
+        );
         let packet = match packet::parse(text) {
             Ok(packet) => packet,
             Err((error, echo)) => {
@@ -145,12 +149,20 @@ impl Api {
     }
 
     /// The identity checks: who this packet speaks for.
-    fn identify(&self, conn: ConnRef, packet: &ClientPacket, now: Now) -> Result<UserId, PacketError> {
+    fn identify(
+        &self,
+        conn: ConnRef,
+        packet: &ClientPacket,
+        now: Now,
+    ) -> Result<UserId, PacketError> {
         let session = self.sessions.get(&conn).ok_or(PacketError::Unauthorized)?;
         let token = packet.token.as_deref().or(session.url_token.as_deref());
         let user = match token {
             Some(token) => {
-                let user = self.tokens.user_of(token, now.mono).ok_or(PacketError::Unauthorized)?;
+                let user = self
+                    .tokens
+                    .user_of(token, now.mono)
+                    .ok_or(PacketError::Unauthorized)?;
                 let registered = self.state.user(user).ok_or(PacketError::Unauthorized)?;
                 if registered.name != packet.user_name {
                     return Err(PacketError::UserMismatch);
@@ -169,9 +181,18 @@ impl Api {
         }
     }
 
-    fn apply(&mut self, conn: ConnRef, packet: &ClientPacket, within_rate: bool, now: Now) -> Result<(), PacketError> {
+    fn apply(
+        &mut self,
+        conn: ConnRef,
+        packet: &ClientPacket,
+        within_rate: bool,
+        now: Now,
+    ) -> Result<(), PacketError> {
         let user = self.identify(conn, packet, now)?;
-        let room = self.state.room_id(&packet.room_name).ok_or(PacketError::InvalidRoom)?;
+        let room = self
+            .state
+            .room_id(&packet.room_name)
+            .ok_or(PacketError::InvalidRoom)?;
         let session = self.sessions.get(&conn).ok_or(PacketError::Unauthorized)?;
         let joined = session.rooms.contains(&room);
         match packet.kind {
@@ -195,8 +216,14 @@ impl Api {
                 if !within_rate {
                     return Err(PacketError::RateLimited);
                 }
-                let kind = self.state.subscribe(room, conn, user).ok_or(PacketError::InvalidRoom)?;
-                let session = self.sessions.get_mut(&conn).ok_or(PacketError::Unauthorized)?;
+                let kind = self
+                    .state
+                    .subscribe(room, conn, user)
+                    .ok_or(PacketError::InvalidRoom)?;
+                let session = self
+                    .sessions
+                    .get_mut(&conn)
+                    .ok_or(PacketError::Unauthorized)?;
                 if session.user.is_none() {
                     session.user = Some(user);
                     session.claimed_avatar = packet.user_avatar.clone();
@@ -236,8 +263,19 @@ impl Api {
                     return Err(PacketError::RateLimited);
                 }
                 let (name, avatar) = self.display_identity(user, &session.claimed_avatar);
-                let room_name = self.state.room(room).map(|r| r.name.as_str()).unwrap_or_default();
-                let frame = packet::server_frame("msg", name, avatar, room_name, &packet.msg, Some(now.unix_ms));
+                let room_name = self
+                    .state
+                    .room(room)
+                    .map(|r| r.name.as_str())
+                    .unwrap_or_default();
+                let frame = packet::server_frame(
+                    "msg",
+                    name,
+                    avatar,
+                    room_name,
+                    &packet.msg,
+                    Some(now.unix_ms),
+                );
                 self.broadcast(room, &frame);
             }
         }
@@ -248,7 +286,9 @@ impl Api {
     /// registered avatar if there is one, else what the client claimed.
     fn display_identity<'a>(&'a self, user: UserId, claimed_avatar: &'a str) -> (&'a str, &'a str) {
         match self.state.user(user) {
-            Some(registered) if !registered.avatar_url.is_empty() => (&registered.name, &registered.avatar_url),
+            Some(registered) if !registered.avatar_url.is_empty() => {
+                (&registered.name, &registered.avatar_url)
+            }
             Some(registered) => (&registered.name, claimed_avatar),
             None => ("", claimed_avatar),
         }
@@ -256,14 +296,21 @@ impl Api {
 
     fn user_frame(&self, user: UserId, claimed_avatar: &str, room: RoomId, msg: &str) -> Rc<[u8]> {
         let (name, avatar) = self.display_identity(user, claimed_avatar);
-        let room_name = self.state.room(room).map(|r| r.name.as_str()).unwrap_or_default();
+        let room_name = self
+            .state
+            .room(room)
+            .map(|r| r.name.as_str())
+            .unwrap_or_default();
         packet::server_frame("user", name, avatar, room_name, msg, None)
     }
 
     fn broadcast(&mut self, room: RoomId, frame: &Rc<[u8]>) {
         if let Some(room) = self.state.room(room) {
-            self.outbox
-                .extend(room.members().iter().map(|(member, _)| (*member, Rc::clone(frame))));
+            self.outbox.extend(
+                room.members()
+                    .iter()
+                    .map(|(member, _)| (*member, Rc::clone(frame))),
+            );
         }
     }
 
@@ -297,15 +344,18 @@ impl Api {
         true
     }
 
-    /// Frames produced since the last call, each for one connection.
-    pub fn drain_outbox(&mut self) -> std::vec::Drain<'_, (ConnRef, Rc<[u8]>)> {
-        self.outbox.drain(..)
+    /// Hands over the frames produced since the last call, each addressed
+    /// to one connection, by swapping with `empty` (whose allocation the
+    /// API keeps for the next ones).
+    pub fn swap_outbox(&mut self, empty: &mut Vec<(ConnRef, Rc<[u8]>)>) {
+        std::mem::swap(&mut self.outbox, empty);
+    }
+
+    pub fn has_outbox(&self) -> bool {
+        !self.outbox.is_empty()
     }
 
     pub fn ws_sessions(&self) -> usize {
         self.sessions.len()
     }
 }
-
-#[cfg(test)]
-mod tests;

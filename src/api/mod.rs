@@ -126,10 +126,16 @@ fn invalid(error: String) -> Response {
 }
 
 /// A required parameter, checked against its rule.
-fn required<'a>(params: &'a Params, field: &str, rule: fn(&str) -> Result<(), &'static str>) -> Result<&'a str, Response> {
+fn required<'a>(
+    params: &'a Params,
+    field: &str,
+    rule: fn(&str) -> Result<(), &'static str>,
+) -> Result<&'a str, Response> {
     match params.get(field) {
         None | Some("") => Err(invalid(format!("{field}: required"))),
-        Some(value) => rule(value).map(|()| value).map_err(|why| invalid(format!("{field}: {why}"))),
+        Some(value) => rule(value)
+            .map(|()| value)
+            .map_err(|why| invalid(format!("{field}: {why}"))),
     }
 }
 
@@ -142,7 +148,9 @@ fn parse_capacity(params: &Params, default: u32) -> Result<u32, Response> {
         None | Some("") => Ok(default),
         Some(text) => match text.parse::<u32>() {
             Ok(n) if (1..=10_000).contains(&n) => Ok(n),
-            _ => Err(invalid("capacity: must be a whole number from 1 to 10000".to_string())),
+            _ => Err(invalid(
+                "capacity: must be a whole number from 1 to 10000".to_string(),
+            )),
         },
     }
 }
@@ -189,7 +197,10 @@ fn preflight() -> Response {
         content_type: crate::http::response::JSON,
         headers: vec![
             ("Access-Control-Allow-Methods", ALLOWED_METHODS.to_string()),
-            ("Access-Control-Allow-Headers", "Content-Type, Authorization, X-Requested-With".to_string()),
+            (
+                "Access-Control-Allow-Headers",
+                "Content-Type, Authorization, X-Requested-With".to_string(),
+            ),
             ("Access-Control-Max-Age", "86400".to_string()),
         ],
         body: Vec::new(),
@@ -232,14 +243,24 @@ impl Api {
             "GET" | "HEAD" | "POST" => {}
             "OPTIONS" => return Outcome::Reply(preflight()),
             _ => {
-                return Outcome::Reply(Response::res(405, "method not allowed").with_header("Allow", ALLOWED_METHODS));
+                return Outcome::Reply(
+                    Response::res(405, "method not allowed").with_header("Allow", ALLOWED_METHODS),
+                );
             }
         }
-        let params = match params::extract(request.query(), request.header("content-type"), &request.body) {
+        let params = match params::extract(
+            request.query(),
+            request.header("content-type"),
+            &request.body,
+        ) {
             Ok(params) => params,
             Err(ParamError::Invalid(error)) => return Outcome::Reply(invalid(error)),
             Err(ParamError::UnsupportedMediaType(error)) => {
-                return Outcome::Reply(Response::res_with_error(415, "unsupported media type", &error));
+                return Outcome::Reply(Response::res_with_error(
+                    415,
+                    "unsupported media type",
+                    &error,
+                ));
             }
         };
         let result = match endpoint {
@@ -248,7 +269,10 @@ impl Api {
             Endpoint::List => Ok(Outcome::Reply(self.list())),
             Endpoint::Create => self.create(conn, &params, now),
             Endpoint::Room => self.room(&params, now),
-            Endpoint::Health => Ok(Outcome::Reply(Response::json(200, &serde_json::json!({"status": "ok"})))),
+            Endpoint::Health => Ok(Outcome::Reply(Response::json(
+                200,
+                &serde_json::json!({"status": "ok"}),
+            ))),
         };
         result.unwrap_or_else(Outcome::Reply)
     }
@@ -269,7 +293,8 @@ impl Api {
         let name = required(params, "user_name", validate::user_name)?;
         let password = required(params, "user_password", validate::user_password)?;
         let avatar_url = params.get("user_avatar_url").unwrap_or("");
-        validate::user_avatar_url(avatar_url).map_err(|why| invalid(format!("user_avatar_url: {why}")))?;
+        validate::user_avatar_url(avatar_url)
+            .map_err(|why| invalid(format!("user_avatar_url: {why}")))?;
         if self.state.reserve_user(tel, name) == Taken::Exists {
             return Ok(Outcome::Reply(Response::res(200, "user exist")));
         }
@@ -282,7 +307,8 @@ impl Api {
         let job = PasswordJob::Hash {
             password: password.to_string(),
         };
-        self.password_job(wait, job).inspect_err(|_| self.state.release_user(tel, name))
+        self.password_job(wait, job)
+            .inspect_err(|_| self.state.release_user(tel, name))
     }
 
     fn login(&mut self, conn: ConnRef, params: &Params) -> Result<Outcome, Response> {
@@ -291,7 +317,11 @@ impl Api {
         let Some(user) = self.state.user_id_by_tel(tel) else {
             return Ok(Outcome::Reply(login_failure("user not exist")));
         };
-        let phc = self.state.user(user).map(|u| u.password_hash.clone()).unwrap_or_default();
+        let phc = self
+            .state
+            .user(user)
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_default();
         let job = PasswordJob::Verify {
             password: password.to_string(),
             phc,
@@ -322,7 +352,9 @@ impl Api {
         let name = required(params, "room_name", validate::room_name)?;
         let capacity = parse_capacity(params, self.config.room_capacity)?;
         match self.state.reserve_room(name, self.config.max_rooms) {
-            RoomReservation::Exists => Ok(Outcome::Reply(Response::res(200, "chatroom already exist"))),
+            RoomReservation::Exists => {
+                Ok(Outcome::Reply(Response::res(200, "chatroom already exist")))
+            }
             RoomReservation::TooMany => Ok(Outcome::Reply(Response::res(200, "too many rooms"))),
             RoomReservation::Reserved => {
                 let record = Record::Room(RoomRecord {
@@ -387,7 +419,12 @@ impl Api {
         Some((batch, records))
     }
 
-    pub fn on_password_done(&mut self, job: JobId, outcome: PasswordOutcome, now: Now) -> Option<(ConnRef, Response)> {
+    pub fn on_password_done(
+        &mut self,
+        job: JobId,
+        outcome: PasswordOutcome,
+        now: Now,
+    ) -> Option<(ConnRef, Response)> {
         let wait = self.password_waits.remove(&job)?;
         match (wait, outcome) {
             (
@@ -422,7 +459,12 @@ impl Api {
             (PasswordWait::Login { conn, .. }, PasswordOutcome::Verified(false)) => {
                 Some((conn, login_failure("password wrong")))
             }
-            (PasswordWait::Register { conn, tel, name, .. }, PasswordOutcome::Verified(_)) => {
+            (
+                PasswordWait::Register {
+                    conn, tel, name, ..
+                },
+                PasswordOutcome::Verified(_),
+            ) => {
                 self.state.release_user(&tel, &name);
                 Some((conn, Response::res(500, "internal error")))
             }
@@ -463,7 +505,10 @@ impl Api {
             return Vec::new();
         };
         if let Err(error) = &completion.result {
-            log::error!("storage write failed, {} record(s) not acknowledged: {error}", waits.len());
+            log::error!(
+                "storage write failed, {} record(s) not acknowledged: {error}",
+                waits.len()
+            );
         }
         waits
             .into_iter()
@@ -495,9 +540,9 @@ impl Api {
     /// Time-driven work: seat expiry and token purging.
     pub fn tick(&mut self, now: Now) {
         self.state.expire_seats(now.mono);
-        let purge_due = self
-            .last_token_purge
-            .is_none_or(|last| now.mono.duration_since(last) >= std::time::Duration::from_secs(3600));
+        let purge_due = self.last_token_purge.is_none_or(|last| {
+            now.mono.duration_since(last) >= std::time::Duration::from_secs(3600)
+        });
         if purge_due {
             self.tokens.purge_expired(now.mono);
             self.last_token_purge = Some(now.mono);
@@ -514,3 +559,6 @@ impl Api {
         !self.password_waits.is_empty() || !self.batches.is_empty() || !self.unsubmitted.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;

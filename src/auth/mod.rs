@@ -35,7 +35,8 @@ pub struct HashCost {
 }
 
 fn argon2_for(cost: HashCost) -> Result<Argon2<'static>, String> {
-    let params = Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(|e| format!("argon2 parameters: {e}"))?;
+    let params = Params::new(cost.memory_kib, cost.iterations, 1, None)
+        .map_err(|e| format!("argon2 parameters: {e}"))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -59,7 +60,9 @@ pub fn hash_password(password: &str, cost: HashCost) -> Result<String, String> {
 /// cost setting still verify.
 pub fn verify_password(password: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -67,7 +70,9 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
 fn run_job(job: PasswordJob, cost: HashCost) -> PasswordOutcome {
     match job {
         PasswordJob::Hash { password } => PasswordOutcome::Hashed(hash_password(&password, cost)),
-        PasswordJob::Verify { password, phc } => PasswordOutcome::Verified(verify_password(&password, &phc)),
+        PasswordJob::Verify { password, phc } => {
+            PasswordOutcome::Verified(verify_password(&password, &phc))
+        }
     }
 }
 
@@ -149,13 +154,18 @@ impl Tokens {
         getrandom::fill(&mut bits).map_err(|e| format!("no randomness for a token: {e}"))?;
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bits);
         let issued = self.by_user.entry(user).or_default();
-        issued.retain(|t| self.by_token.get(t).is_some_and(|(_, expires)| *expires > now));
+        issued.retain(|t| {
+            self.by_token
+                .get(t)
+                .is_some_and(|(_, expires)| *expires > now)
+        });
         if issued.len() >= MAX_TOKENS_PER_USER {
             let oldest = issued.remove(0);
             self.by_token.remove(&oldest);
         }
         issued.push(token.clone());
-        self.by_token.insert(token.clone(), (user, now + TOKEN_LIFETIME));
+        self.by_token
+            .insert(token.clone(), (user, now + TOKEN_LIFETIME));
         Ok(token)
     }
 
@@ -218,17 +228,40 @@ mod tests {
             }),
         )
         .unwrap();
-        pool.submit(1, PasswordJob::Hash { password: "secret1".into() });
+        pool.submit(
+            1,
+            PasswordJob::Hash {
+                password: "secret1".into(),
+            },
+        );
         let (id, outcome) = rx.recv().unwrap();
         assert_eq!(id, 1);
         let PasswordOutcome::Hashed(Ok(phc)) = outcome else {
             panic!("expected a hash, got {outcome:?}");
         };
-        pool.submit(2, PasswordJob::Verify { password: "secret1".into(), phc: phc.clone() });
-        pool.submit(3, PasswordJob::Verify { password: "secret2".into(), phc });
+        pool.submit(
+            2,
+            PasswordJob::Verify {
+                password: "secret1".into(),
+                phc: phc.clone(),
+            },
+        );
+        pool.submit(
+            3,
+            PasswordJob::Verify {
+                password: "secret2".into(),
+                phc,
+            },
+        );
         let mut results: Vec<_> = (0..2).map(|_| rx.recv().unwrap()).collect();
         results.sort_by_key(|(id, _)| *id);
-        assert_eq!(results, vec![(2, PasswordOutcome::Verified(true)), (3, PasswordOutcome::Verified(false))]);
+        assert_eq!(
+            results,
+            vec![
+                (2, PasswordOutcome::Verified(true)),
+                (3, PasswordOutcome::Verified(false))
+            ]
+        );
     }
 
     #[test]
@@ -237,7 +270,9 @@ mod tests {
         let mut tokens = Tokens::default();
         let token = tokens.issue(7, now).unwrap();
         assert_eq!(token.len(), 22, "128 bits in unpadded base64");
-        assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_eq!(tokens.user_of(&token, now), Some(7));
         assert_eq!(tokens.user_of(&token, now + TOKEN_LIFETIME), None);
         assert_eq!(tokens.user_of("forged", now), None);
@@ -245,7 +280,11 @@ mod tests {
             tokens.issue(7, now).unwrap();
         }
         assert_eq!(tokens.len(), MAX_TOKENS_PER_USER);
-        assert_eq!(tokens.user_of(&token, now), None, "the oldest token was retired");
+        assert_eq!(
+            tokens.user_of(&token, now),
+            None,
+            "the oldest token was retired"
+        );
         tokens.purge_expired(now + TOKEN_LIFETIME);
         assert!(tokens.is_empty());
     }

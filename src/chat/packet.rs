@@ -95,8 +95,14 @@ fn echo_of(data: Option<&Value>) -> Echo {
     };
     let user = data.get("user");
     Echo {
-        user_name: user.and_then(|u| string_at(u, "user_name")).unwrap_or_default().to_string(),
-        user_avatar: user.and_then(|u| string_at(u, "user_avatar")).unwrap_or_default().to_string(),
+        user_name: user
+            .and_then(|u| string_at(u, "user_name"))
+            .unwrap_or_default()
+            .to_string(),
+        user_avatar: user
+            .and_then(|u| string_at(u, "user_avatar"))
+            .unwrap_or_default()
+            .to_string(),
         room_name: string_at(data, "room_name").unwrap_or_default().to_string(),
     }
 }
@@ -110,7 +116,8 @@ pub fn parse(text: &str) -> Result<ClientPacket, (PacketError, Echo)> {
     };
     let data = root.get("data");
     let echo = || echo_of(data);
-    let (Some(Value::String(kind)), Some(data @ Value::Object(_))) = (root.get("type"), data) else {
+    let (Some(Value::String(kind)), Some(data @ Value::Object(_))) = (root.get("type"), data)
+    else {
         return Err((PacketError::InvalidMessage, echo()));
     };
     let kind = match kind.as_str() {
@@ -188,17 +195,28 @@ const HEADER_ROOM: usize = ws::frame::MAX_SERVER_HEADER_LEN;
 
 /// A server packet as a complete WebSocket text frame, built once and shared
 /// by every recipient.
-pub fn server_frame(kind: &str, user_name: &str, user_avatar: &str, room_name: &str, msg: &str, ts: Option<u64>) -> Rc<[u8]> {
+pub fn server_frame(
+    kind: &str,
+    user_name: &str,
+    user_avatar: &str,
+    room_name: &str,
+    msg: &str,
+    ts: Option<u64>,
+) -> Rc<[u8]> {
     let packet = OutPacket {
         kind,
         data: OutData {
-            user: OutUser { user_name, user_avatar },
+            user: OutUser {
+                user_name,
+                user_avatar,
+            },
             room_name,
             msg,
             ts,
         },
     };
-    let mut buffer = Vec::with_capacity(HEADER_ROOM + 96 + user_name.len() + room_name.len() + msg.len());
+    let mut buffer =
+        Vec::with_capacity(HEADER_ROOM + 96 + user_name.len() + room_name.len() + msg.len());
     buffer.resize(HEADER_ROOM, 0);
     // Serialising plain strings into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut buffer, &packet);
@@ -212,7 +230,14 @@ pub fn server_frame(kind: &str, user_name: &str, user_avatar: &str, room_name: &
 
 /// An `error` packet for one connection.
 pub fn error_frame(error: PacketError, echo: &Echo) -> Rc<[u8]> {
-    server_frame("error", &echo.user_name, &echo.user_avatar, &echo.room_name, error.as_str(), None)
+    server_frame(
+        "error",
+        &echo.user_name,
+        &echo.user_avatar,
+        &echo.room_name,
+        error.as_str(),
+        None,
+    )
 }
 
 #[cfg(test)]
@@ -240,12 +265,30 @@ mod tests {
         assert_eq!(error_of("[1,2]"), PacketError::InvalidMessage);
         assert_eq!(error_of(r#"{"data":{}}"#), PacketError::InvalidMessage);
         assert_eq!(error_of(r#"{"type":"join"}"#), PacketError::InvalidMessage);
-        assert_eq!(error_of(r#"{"type":1,"data":{}}"#), PacketError::InvalidMessage);
-        assert_eq!(error_of(r#"{"type":"join","data":"x"}"#), PacketError::InvalidMessage);
-        assert_eq!(error_of(r#"{"type":"shout","data":{}}"#), PacketError::InvalidType);
-        assert_eq!(error_of(r#"{"type":"join","data":{"room_name":"r"}}"#), PacketError::InvalidData);
-        assert_eq!(error_of(r#"{"type":"join","data":{"user":{},"room_name":"r"}}"#), PacketError::InvalidData);
-        assert_eq!(error_of(r#"{"type":"join","data":{"user":{"user_name":"a"}}}"#), PacketError::InvalidData);
+        assert_eq!(
+            error_of(r#"{"type":1,"data":{}}"#),
+            PacketError::InvalidMessage
+        );
+        assert_eq!(
+            error_of(r#"{"type":"join","data":"x"}"#),
+            PacketError::InvalidMessage
+        );
+        assert_eq!(
+            error_of(r#"{"type":"shout","data":{}}"#),
+            PacketError::InvalidType
+        );
+        assert_eq!(
+            error_of(r#"{"type":"join","data":{"room_name":"r"}}"#),
+            PacketError::InvalidData
+        );
+        assert_eq!(
+            error_of(r#"{"type":"join","data":{"user":{},"room_name":"r"}}"#),
+            PacketError::InvalidData
+        );
+        assert_eq!(
+            error_of(r#"{"type":"join","data":{"user":{"user_name":"a"}}}"#),
+            PacketError::InvalidData
+        );
         assert_eq!(
             error_of(r#"{"type":"join","data":{"user":{"user_name":"a"},"room_name":5}}"#),
             PacketError::InvalidData
@@ -263,14 +306,19 @@ mod tests {
             PacketError::IllegalData
         );
         assert_eq!(
-            error_of(r#"{"type":"msg","data":{"user":{"user_name":"a"},"room_name":"r","msg":""}}"#),
+            error_of(
+                r#"{"type":"msg","data":{"user":{"user_name":"a"},"room_name":"r","msg":""}}"#
+            ),
             PacketError::NullMessage
         );
     }
 
     #[test]
     fn avatar_and_msg_may_be_absent_for_join() {
-        let packet = parse(r#"{"type":"join","data":{"user":{"user_name":"a"},"room_name":"r","token":"t"}}"#).unwrap();
+        let packet = parse(
+            r#"{"type":"join","data":{"user":{"user_name":"a"},"room_name":"r","token":"t"}}"#,
+        )
+        .unwrap();
         assert_eq!(packet.user_avatar, "");
         assert_eq!(packet.msg, "");
         assert_eq!(packet.token.as_deref(), Some("t"));
@@ -302,7 +350,10 @@ mod tests {
             // The decoder insists on client masking; check the header by hand.
             assert_eq!(frame[0], 0x81, "FIN + text");
             assert_eq!(frame[1] & 0x80, 0, "server frames are not masked");
-            assert!(decoder.decode(&frame).is_err(), "an unmasked frame is not a client frame");
+            assert!(
+                decoder.decode(&frame).is_err(),
+                "an unmasked frame is not a client frame"
+            );
             let header_len = match frame[1] {
                 126 => 4,
                 127 => 10,

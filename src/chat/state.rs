@@ -286,7 +286,11 @@ impl ChatState {
     /// for this user. While connected, the seat does not expire.
     pub fn subscribe(&mut self, room_id: RoomId, conn: ConnId, user: UserId) -> Option<JoinKind> {
         let room = self.rooms.get_mut(room_id as usize)?;
-        let kind = if room.seats.is_empty() { JoinKind::Create } else { JoinKind::Join };
+        let kind = if room.seats.is_empty() {
+            JoinKind::Create
+        } else {
+            JoinKind::Join
+        };
         match room.seats.get_mut(&user) {
             Some(seat) => {
                 seat.connections += 1;
@@ -343,7 +347,11 @@ impl ChatState {
             }
             self.seat_expiry.pop_first();
             if let Some(room) = self.rooms.get_mut(room_id as usize) {
-                if room.seats.get(&user).is_some_and(|seat| seat.expires == Some(at)) {
+                if room
+                    .seats
+                    .get(&user)
+                    .is_some_and(|seat| seat.expires == Some(at))
+                {
                     room.seats.remove(&user);
                     self.seats_held -= 1;
                     expired.push((room_id, user));
@@ -413,7 +421,11 @@ mod tests {
         let bob = state.add_user(user("2", "bob"));
         let small = state.add_room(room("small", 1));
         assert_eq!(state.admit(small, ann, now), Admission::Joined);
-        assert_eq!(state.admit(small, ann, now), Admission::Joined, "refresh, not a second seat");
+        assert_eq!(
+            state.admit(small, ann, now),
+            Admission::Joined,
+            "refresh, not a second seat"
+        );
         assert_eq!(state.admit(small, bob, now), Admission::Full);
         assert_eq!(state.room(small).unwrap().population(), 1);
         assert_eq!(state.release_seat(small, ann), Some(vec![]));
@@ -433,10 +445,15 @@ mod tests {
         state.admit(hall, bob, start);
         assert_eq!(state.next_seat_expiry(), Some(start + TTL));
         state.admit(hall, ann, start + Duration::from_secs(30));
-        assert!(state.expire_seats(start + TTL - Duration::from_millis(1)).is_empty());
+        assert!(state
+            .expire_seats(start + TTL - Duration::from_millis(1))
+            .is_empty());
         assert_eq!(state.expire_seats(start + TTL), vec![(hall, bob)]);
         assert_eq!(state.room(hall).unwrap().population(), 1);
-        assert_eq!(state.expire_seats(start + Duration::from_secs(90)), vec![(hall, ann)]);
+        assert_eq!(
+            state.expire_seats(start + Duration::from_secs(90)),
+            vec![(hall, ann)]
+        );
         assert_eq!(state.seats_held(), 0);
         assert_eq!(state.next_seat_expiry(), None);
     }
@@ -449,17 +466,29 @@ mod tests {
         let bob = state.add_user(user("2", "bob"));
         let hall = state.add_room(room("hall", 10));
         assert_eq!(state.subscribe(hall, 100, ann), Some(JoinKind::Create));
-        assert_eq!(state.subscribe(hall, 101, ann), Some(JoinKind::Join), "second tab, same seat");
+        assert_eq!(
+            state.subscribe(hall, 101, ann),
+            Some(JoinKind::Join),
+            "second tab, same seat"
+        );
         assert_eq!(state.subscribe(hall, 200, bob), Some(JoinKind::Join));
         assert_eq!(state.room(hall).unwrap().population(), 2);
         assert_eq!(state.room(hall).unwrap().members().len(), 3);
-        assert_eq!(state.next_seat_expiry(), None, "connected seats do not expire");
+        assert_eq!(
+            state.next_seat_expiry(),
+            None,
+            "connected seats do not expire"
+        );
         state.unsubscribe(hall, 100, start);
         assert_eq!(state.next_seat_expiry(), None, "ann still has a tab open");
         state.unsubscribe(hall, 101, start);
         assert_eq!(state.next_seat_expiry(), Some(start + TTL));
         assert_eq!(state.subscribe(hall, 102, ann), Some(JoinKind::Join));
-        assert_eq!(state.next_seat_expiry(), None, "reconnecting stops the clock");
+        assert_eq!(
+            state.next_seat_expiry(),
+            None,
+            "reconnecting stops the clock"
+        );
         assert_eq!(state.release_seat(hall, bob), Some(vec![200]));
         assert_eq!(state.room(hall).unwrap().members(), &[(102, ann)]);
         assert!(state.expire_seats(start + TTL * 2).is_empty());
@@ -472,7 +501,11 @@ mod tests {
         let ann = state.add_user(user("1", "ann"));
         let hall = state.add_room(room("hall", 10));
         state.admit(hall, ann, start);
-        assert_eq!(state.subscribe(hall, 1, ann), Some(JoinKind::Join), "an admitted seat was taken already");
+        assert_eq!(
+            state.subscribe(hall, 1, ann),
+            Some(JoinKind::Join),
+            "an admitted seat was taken already"
+        );
         assert!(state.expire_seats(start + TTL).is_empty());
         assert_eq!(state.seats_held(), 1);
     }

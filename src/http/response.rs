@@ -64,10 +64,21 @@ impl Response {
     /// Serialises status line, headers and (unless `head_only`) the body.
     /// `keep_alive` is what the connection will do after this response;
     /// `http10` selects how that is announced.
-    pub fn encode(&self, head_only: bool, keep_alive: bool, http10: bool, cors_origin: &str) -> Vec<u8> {
+    pub fn encode(
+        &self,
+        head_only: bool,
+        keep_alive: bool,
+        http10: bool,
+        cors_origin: &str,
+    ) -> Vec<u8> {
         let mut head = String::with_capacity(256);
         let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
-        let _ = write!(head, "{version} {} {}\r\n", self.status, reason_phrase(self.status));
+        let _ = write!(
+            head,
+            "{version} {} {}\r\n",
+            self.status,
+            reason_phrase(self.status)
+        );
         head.push_str("Server: chatroom\r\n");
         let _ = write!(head, "Content-Type: {}\r\n", self.content_type);
         // RFC 9110 §8.6: a 204 carries no Content-Length.
@@ -158,8 +169,10 @@ mod tests {
 
     #[test]
     fn specific_origin_varies() {
-        let encoded = text(&Response::res(200, "ok").encode(false, true, false, "https://chat.example"));
-        assert!(encoded.contains("Access-Control-Allow-Origin: https://chat.example\r\nVary: Origin\r\n"));
+        let encoded =
+            text(&Response::res(200, "ok").encode(false, true, false, "https://chat.example"));
+        assert!(encoded
+            .contains("Access-Control-Allow-Origin: https://chat.example\r\nVary: Origin\r\n"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod outqueue;
 mod timers;
+mod websocket;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -18,8 +19,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::api::{Api, ApiConfig, ConnRef, Now, Outcome};
-use crate::chat::state::ChatState;
 use crate::auth::{HashPool, JobId, PasswordOutcome};
+use crate::chat::state::ChatState;
 use crate::config::Config;
 use crate::http::request::{Event as HttpEvent, HttpError, Request, RequestParser};
 use crate::http::response::{Response, CONTINUE};
@@ -27,9 +28,11 @@ use crate::store::{Completion, DataDir, Writer};
 
 pub use outqueue::{Flushed, OutQueue};
 use timers::Timers;
+use websocket::WsConn;
 
 pub const HTTP_LISTENER: Token = Token(usize::MAX - 1);
 pub const WAKER: Token = Token(usize::MAX - 2);
+pub const WS_LISTENER: Token = Token(usize::MAX - 3);
 
 /// How long a closing connection keeps draining input after its last
 /// response, so that the peer reads that response instead of a reset.
@@ -69,9 +72,19 @@ struct HttpConn {
     close_after_flush: bool,
 }
 
+/// Which listener a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// The API port: WebSocket only by upgrade at `/ws`.
+    Http,
+    /// The chat port: every request must be a WebSocket upgrade.
+    Ws,
+}
+
 #[derive(Debug)]
 enum Protocol {
     Http(HttpConn),
+    WebSocket(WsConn),
     /// Output is flushed and the write side shut; input is drained until EOF
     /// or the linger deadline.
     Closing,
@@ -80,13 +93,17 @@ enum Protocol {
 struct Connection {
     socket: TcpStream,
     peer: SocketAddr,
+    listener: Listener,
     generation: u32,
     inbuf: Vec<u8>,
     out: OutQueue,
     protocol: Protocol,
     /// When this connection next needs attention from the timer.
     deadline: Option<Instant>,
+    /// Last read or write: what keep-alive idleness is measured from.
     last_activity: Instant,
+    /// Last read: what WebSocket silence is measured from.
+    last_read: Instant,
     write_interest: bool,
     peer_closed: bool,
     /// Reading stopped with input left in the socket; edge-triggered
@@ -128,6 +145,7 @@ fn is_resource_exhaustion(error: &io::Error) -> bool {
 pub struct Reactor {
     poll: Poll,
     http_listener: TcpListener,
+    ws_listener: TcpListener,
     config: Config,
     api: Api,
     conns: Slab<Connection>,
@@ -142,12 +160,17 @@ pub struct Reactor {
     dirty: Vec<usize>,
     resume_reads: Vec<usize>,
     accept_paused_until: Option<Instant>,
+    /// Frames taken from the API's outbox, kept to reuse its allocation.
+    outbox: Vec<(ConnRef, std::rc::Rc<[u8]>)>,
+    /// The clocks read at the start of this turn.
+    now: Now,
 }
 
 /// The parts the reactor is built from (see `Server::bind`).
 pub struct ReactorParts {
     pub poll: Poll,
     pub http_listener: TcpListener,
+    pub ws_listener: TcpListener,
     pub config: Config,
     pub state: ChatState,
     pub api_config: ApiConfig,
@@ -163,6 +186,7 @@ impl Reactor {
         let ReactorParts {
             poll,
             mut http_listener,
+            mut ws_listener,
             config,
             state,
             api_config,
@@ -175,9 +199,12 @@ impl Reactor {
         let api = Api::new(state, api_config);
         poll.registry()
             .register(&mut http_listener, HTTP_LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut ws_listener, WS_LISTENER, Interest::READABLE)?;
         Ok(Reactor {
             poll,
             http_listener,
+            ws_listener,
             config,
             api,
             conns: Slab::new(),
@@ -192,6 +219,8 @@ impl Reactor {
             dirty: Vec::new(),
             resume_reads: Vec::new(),
             accept_paused_until: None,
+            outbox: Vec::new(),
+            now: Now::read(),
         })
     }
 
@@ -207,14 +236,20 @@ impl Reactor {
                 return Err(e);
             }
             let now = Now::read();
+            self.now = now;
             self.api.tick(now);
             for event in events.iter() {
                 match event.token() {
-                    HTTP_LISTENER => self.accept(now),
+                    HTTP_LISTENER => self.accept(Listener::Http, now),
+                    WS_LISTENER => self.accept(Listener::Ws, now),
                     WAKER => self.drain_helper_events(now),
                     token => {
                         let (key, generation) = split_token(token);
-                        if self.conns.get(key).is_some_and(|c| c.generation == generation) {
+                        if self
+                            .conns
+                            .get(key)
+                            .is_some_and(|c| c.generation == generation)
+                        {
                             if event.is_writable() {
                                 self.flush(key, now);
                             }
@@ -233,14 +268,18 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.resume_reads.is_empty() {
+        if !self.resume_reads.is_empty() || !self.dirty.is_empty() || self.api.has_outbox() {
             return Some(Duration::ZERO);
         }
-        [self.timers.next(), self.api.next_deadline(), self.accept_paused_until]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|deadline| deadline.saturating_duration_since(now))
+        [
+            self.timers.next(),
+            self.api.next_deadline(),
+            self.accept_paused_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|deadline| deadline.saturating_duration_since(now))
     }
 
     fn shutdown(&mut self) {
@@ -254,13 +293,17 @@ impl Reactor {
         }
     }
 
-    fn accept(&mut self, now: Now) {
+    fn accept(&mut self, listener: Listener, now: Now) {
         if self.accept_paused_until.is_some() {
             return;
         }
         loop {
-            match self.http_listener.accept() {
-                Ok((socket, peer)) => self.admit_connection(socket, peer, now),
+            let accepted = match listener {
+                Listener::Http => self.http_listener.accept(),
+                Listener::Ws => self.ws_listener.accept(),
+            };
+            match accepted {
+                Ok((socket, peer)) => self.admit_connection(socket, peer, listener, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
@@ -277,12 +320,21 @@ impl Reactor {
         }
     }
 
-    fn admit_connection(&mut self, mut socket: TcpStream, peer: SocketAddr, now: Now) {
+    fn admit_connection(
+        &mut self,
+        mut socket: TcpStream,
+        peer: SocketAddr,
+        listener: Listener,
+        now: Now,
+    ) {
         if self.conns.len() >= self.config.max_connections {
-            // Best effort: the socket is fresh, so a short response fits in
-            // its send buffer; if not, the client only sees the close.
-            let busy = Response::res(503, "too many connections").with_header("Retry-After", "1");
-            let _ = socket.write(&busy.encode(false, false, false, &self.config.cors_origin));
+            if listener == Listener::Http {
+                // Best effort: the socket is fresh, so a short response fits
+                // in its send buffer; if not, the client only sees the close.
+                let busy =
+                    Response::res(503, "too many connections").with_header("Retry-After", "1");
+                let _ = socket.write(&busy.encode(false, false, false, &self.config.cors_origin));
+            }
             log::warn!("refused {peer}: {} connections open", self.conns.len());
             return;
         }
@@ -294,17 +346,18 @@ impl Reactor {
         if key > 0xffff_ffff {
             return;
         }
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut socket, token_for(key, generation), Interest::READABLE)
-        {
+        if let Err(e) = self.poll.registry().register(
+            &mut socket,
+            token_for(key, generation),
+            Interest::READABLE,
+        ) {
             log::warn!("could not register {peer}: {e}");
             return;
         }
         entry.insert(Connection {
             socket,
             peer,
+            listener,
             generation,
             inbuf: Vec::new(),
             out: OutQueue::default(),
@@ -316,6 +369,7 @@ impl Reactor {
             }),
             deadline: None,
             last_activity: now.mono,
+            last_read: now.mono,
             write_interest: false,
             peer_closed: false,
             read_paused: false,
@@ -347,6 +401,7 @@ impl Reactor {
                 }
                 Ok(n) => {
                     conn.last_activity = now.mono;
+                    conn.last_read = now.mono;
                     if matches!(conn.protocol, Protocol::Closing) {
                         continue;
                     }
@@ -370,6 +425,7 @@ impl Reactor {
         };
         match conn.protocol {
             Protocol::Http(_) => self.process_http(key, now),
+            Protocol::WebSocket(_) => self.process_ws(key, now),
             Protocol::Closing => {
                 if conn.peer_closed {
                     self.remove(key);
@@ -391,7 +447,10 @@ impl Reactor {
             // Parse only as far as we may answer: not past a request whose
             // reply is still owed (replies go out in order), not past a
             // close, and not while the client is far behind in reading.
-            if http.awaiting.is_some() || http.close_after_flush || conn.out.pending_bytes() > OUTPUT_PAUSE_BYTES {
+            if http.awaiting.is_some()
+                || http.close_after_flush
+                || conn.out.pending_bytes() > OUTPUT_PAUSE_BYTES
+            {
                 break;
             }
             let input = conn.inbuf.get(consumed..).unwrap_or_default();
@@ -441,6 +500,15 @@ impl Reactor {
         if let Some(error) = failure {
             self.reject_request(key, error);
         }
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|conn| matches!(conn.protocol, Protocol::WebSocket(_)))
+        {
+            // Upgraded: whatever followed the handshake is WebSocket data.
+            self.process_ws(key, now);
+            return;
+        }
         self.after_input(key, now);
     }
 
@@ -454,7 +522,9 @@ impl Reactor {
         log::debug!("rejecting request from {}: {}", conn.peer, error.reason());
         let res = match error {
             HttpError::BadRequest(_) => "bad request",
-            HttpError::HeadTooLarge | HttpError::TooManyHeaders => "request header fields too large",
+            HttpError::HeadTooLarge | HttpError::TooManyHeaders => {
+                "request header fields too large"
+            }
             HttpError::BodyTooLarge => "payload too large",
             HttpError::VersionNotSupported => "http version not supported",
             HttpError::ExpectationFailed => "expectation failed",
@@ -477,6 +547,10 @@ impl Reactor {
             keep_alive: request.keep_alive(),
             http10: request.minor_version == 0,
         };
+        if conn.listener == Listener::Ws || request.path() == "/ws" {
+            self.upgrade(key, &request, now);
+            return;
+        }
         let conn_ref = conn.conn_ref(key);
         match self.api.handle(conn_ref, &request, conn.peer.ip(), now) {
             Outcome::Reply(response) => self.send_reply(key, shape, response),
@@ -535,8 +609,8 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if let Protocol::Http(http) = &mut conn.protocol {
-            if conn.peer_closed && http.awaiting.is_none() {
+        match &mut conn.protocol {
+            Protocol::Http(http) if conn.peer_closed && http.awaiting.is_none() => {
                 // Nothing more can arrive: send what is owed, then close.
                 if conn.out.is_empty() {
                     self.remove(key);
@@ -544,10 +618,16 @@ impl Reactor {
                 }
                 http.close_after_flush = true;
             }
-            if conn.read_paused && conn.inbuf.len() < read_cap {
-                conn.read_paused = false;
-                self.resume_reads.push(key);
+            Protocol::WebSocket(_) if conn.peer_closed => {
+                // The peer vanished without a close frame.
+                self.remove(key);
+                return;
             }
+            _ => {}
+        }
+        if conn.read_paused && conn.inbuf.len() < read_cap {
+            conn.read_paused = false;
+            self.resume_reads.push(key);
         }
         self.mark_dirty(key);
         self.update_deadline(key, now);
@@ -574,6 +654,7 @@ impl Reactor {
                     Some(conn.last_activity + self.config.keep_alive_timeout)
                 }
             }
+            Protocol::WebSocket(ws) => Some(ws.deadline(conn.last_read, &self.config, now.mono)),
             Protocol::Closing => conn.deadline.or(Some(now.mono + LINGER)),
         };
         set_deadline(&mut self.timers, key, conn, deadline);
@@ -592,7 +673,8 @@ impl Reactor {
         }
         if self.accept_paused_until.is_some_and(|at| at <= now.mono) {
             self.accept_paused_until = None;
-            self.accept(now);
+            self.accept(Listener::Http, now);
+            self.accept(Listener::Ws, now);
         }
     }
 
@@ -601,6 +683,7 @@ impl Reactor {
             return;
         };
         match &mut conn.protocol {
+            Protocol::WebSocket(_) => self.ws_deadline(key, now),
             Protocol::Http(http) if http.request_started.is_some() => {
                 log::debug!("request timeout for {}", conn.peer);
                 let response = Response::res(408, "request timeout");
@@ -637,6 +720,7 @@ impl Reactor {
     }
 
     fn end_of_turn(&mut self, now: Now) {
+        self.deliver_frames(now);
         // One pass per turn, so one flooding client cannot hold the loop.
         for key in std::mem::take(&mut self.resume_reads) {
             self.on_readable(key, now);
@@ -651,15 +735,18 @@ impl Reactor {
         }
         // Cork: everything a connection was owed this turn leaves in one
         // vectored write.
-        let dirty = std::mem::take(&mut self.dirty);
-        for key in &dirty {
-            if let Some(conn) = self.conns.get_mut(*key) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for key in dirty.drain(..) {
+            if let Some(conn) = self.conns.get_mut(key) {
                 conn.in_dirty_list = false;
             }
-            self.flush(*key, now);
+            self.flush(key, now);
         }
-        self.dirty = dirty;
-        self.dirty.clear();
+        // Flushing may make more work (held-back requests); it waits for the
+        // next turn, which then does not block in poll.
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
     }
 
     fn mark_dirty(&mut self, key: usize) {
@@ -698,7 +785,11 @@ impl Reactor {
                 Interest::READABLE
             };
             let token = token_for(key, conn.generation);
-            if let Err(e) = self.poll.registry().reregister(&mut conn.socket, token, interest) {
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(&mut conn.socket, token, interest)
+            {
                 log::debug!("reregister failed for {}: {e}", conn.peer);
                 self.remove(key);
                 return;
@@ -710,6 +801,7 @@ impl Reactor {
         }
         let close_now = match &conn.protocol {
             Protocol::Http(http) => http.close_after_flush,
+            Protocol::WebSocket(ws) => ws.close_after_flush,
             Protocol::Closing => false,
         };
         if close_now {
@@ -749,7 +841,13 @@ impl Reactor {
 
     fn remove(&mut self, key: usize) {
         if let Some(mut conn) = self.conns.try_remove(key) {
-            self.timers.reschedule(key, conn.generation, conn.deadline, None);
+            if let Protocol::WebSocket(ws) = &conn.protocol {
+                if ws.in_chat {
+                    self.api.ws_closed(conn.conn_ref(key), self.now);
+                }
+            }
+            self.timers
+                .reschedule(key, conn.generation, conn.deadline, None);
             let _ = self.poll.registry().deregister(&mut conn.socket);
             log::debug!("closed {}", conn.peer);
         }

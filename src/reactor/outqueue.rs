@@ -66,6 +66,17 @@ impl OutQueue {
         self.pending == 0
     }
 
+    /// Drops everything not yet started. A chunk already partly written is
+    /// kept whole, so the stream stays a sequence of complete frames.
+    pub fn discard_unsent(&mut self) {
+        let keep = usize::from(self.front_written > 0);
+        self.chunks.truncate(keep);
+        self.pending = self
+            .chunks
+            .front()
+            .map_or(0, |front| front.bytes().len() - self.front_written);
+    }
+
     /// Writes until the queue is empty or `out` would block. Returns the
     /// number of bytes written alongside how it ended.
     pub fn flush_to(&mut self, out: &mut impl Write) -> io::Result<(usize, Flushed)> {
@@ -85,7 +96,9 @@ impl OutQueue {
                     written_total += written;
                     self.advance(written);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((written_total, Flushed::Blocked)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((written_total, Flushed::Blocked))
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -132,7 +145,7 @@ mod tests {
     impl Write for Trickle {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.calls += 1;
-            if self.calls % self.block_every == 0 {
+            if self.calls.is_multiple_of(self.block_every) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let n = buf.len().min(self.budget);
@@ -142,7 +155,7 @@ mod tests {
 
         fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
             self.calls += 1;
-            if self.calls % self.block_every == 0 {
+            if self.calls.is_multiple_of(self.block_every) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             let mut left = self.budget;
@@ -192,6 +205,30 @@ mod tests {
         assert_eq!(sink.written, b"first-shared-last-shared-");
         assert!(queue.is_empty());
         assert_eq!(queue.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn discarding_keeps_a_partly_written_chunk_whole() {
+        let mut queue = OutQueue::default();
+        queue.push(b"abcdef".to_vec());
+        queue.push(b"ghi".to_vec());
+        let mut sink = Trickle {
+            written: Vec::new(),
+            budget: 2,
+            calls: 0,
+            block_every: 2,
+        };
+        assert_eq!(queue.flush_to(&mut sink).unwrap(), (2, Flushed::Blocked));
+        queue.discard_unsent();
+        assert_eq!(queue.pending_bytes(), 4);
+        queue.push(b"!".to_vec());
+        while queue.flush_to(&mut sink).unwrap().1 == Flushed::Blocked {}
+        assert_eq!(sink.written, b"abcdef!");
+
+        let mut untouched = OutQueue::default();
+        untouched.push(b"abc".to_vec());
+        untouched.discard_unsent();
+        assert!(untouched.is_empty());
     }
 
     #[test]

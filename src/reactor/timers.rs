@@ -12,7 +12,13 @@ pub struct Timers {
 
 impl Timers {
     /// Moves a connection's deadline from `old` to `new` (either may be none).
-    pub fn reschedule(&mut self, key: usize, generation: u32, old: Option<Instant>, new: Option<Instant>) {
+    pub fn reschedule(
+        &mut self,
+        key: usize,
+        generation: u32,
+        old: Option<Instant>,
+        new: Option<Instant>,
+    ) {
         if old == new {
             return;
         }
@@ -72,7 +78,8 @@ mod tests {
         assert_eq!(timers.len(), 3);
         assert_eq!(timers.next(), at(1));
         assert_eq!(timers.pop_due(start), None);
-        let due: Vec<_> = std::iter::from_fn(|| timers.pop_due(start + Duration::from_secs(2))).collect();
+        let due: Vec<_> =
+            std::iter::from_fn(|| timers.pop_due(start + Duration::from_secs(2))).collect();
         assert_eq!(due, vec![(2, 7), (3, 8)]);
         timers.reschedule(1, 7, at(3), None);
         assert!(timers.is_empty());

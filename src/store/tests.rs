@@ -12,7 +12,7 @@ fn user(i: usize) -> UserRecord {
         tel: format!("1380000{i:04}"),
         name: format!("user{i}"),
         password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$salt{i}$hash"),
-        avatar_url: if i % 2 == 0 {
+        avatar_url: if i.is_multiple_of(2) {
             String::new()
         } else {
             format!("https://example.com/a/{i}.png")
