@@ -9,6 +9,7 @@ pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod reactor;
 pub mod server;
 pub mod store;

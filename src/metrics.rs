@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// Upper bounds, in seconds, of the fsync latency histogram buckets.
-const SYNC_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const SYNC_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 #[derive(Debug, Default, Clone)]
 pub struct Histogram {
@@ -75,7 +77,10 @@ impl Metrics {
     pub fn render(&self, gauges: Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let mut gauge = |name: &str, help: &str, value: usize| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         };
         gauge(
             "chatroom_open_connections_http",
@@ -89,10 +94,17 @@ impl Metrics {
         );
         gauge("chatroom_rooms", "Rooms.", gauges.rooms);
         gauge("chatroom_users", "Registered users.", gauges.users);
-        gauge("chatroom_seats", "Seats taken over all rooms.", gauges.seats);
+        gauge(
+            "chatroom_seats",
+            "Seats taken over all rooms.",
+            gauges.seats,
+        );
         gauge("chatroom_login_tokens", "Live login tokens.", gauges.tokens);
         let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         };
         counter(
             "chatroom_connections_accepted_total",
@@ -109,8 +121,16 @@ impl Metrics {
             "Completed WebSocket handshakes.",
             self.websocket_upgrades,
         );
-        counter("chatroom_bytes_in_total", "Bytes read from clients.", self.bytes_in);
-        counter("chatroom_bytes_out_total", "Bytes written to clients.", self.bytes_out);
+        counter(
+            "chatroom_bytes_in_total",
+            "Bytes read from clients.",
+            self.bytes_in,
+        );
+        counter(
+            "chatroom_bytes_out_total",
+            "Bytes written to clients.",
+            self.bytes_out,
+        );
         counter(
             "chatroom_ws_messages_in_total",
             "WebSocket data messages received.",
@@ -136,7 +156,10 @@ impl Metrics {
             "Batches whose write or fsync failed (not acknowledged).",
             self.storage_failures,
         );
-        let _ = writeln!(out, "# HELP chatroom_http_requests_total HTTP requests by endpoint and outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP chatroom_http_requests_total HTTP requests by endpoint and outcome."
+        );
         let _ = writeln!(out, "# TYPE chatroom_http_requests_total counter");
         for ((endpoint, outcome), count) in &self.requests {
             let _ = writeln!(
@@ -170,7 +193,9 @@ mod tests {
         });
         assert!(text.contains("# TYPE chatroom_rooms gauge\nchatroom_rooms 3\n"));
         assert!(text.contains("chatroom_bytes_in_total 42\n"));
-        assert!(text.contains("chatroom_http_requests_total{endpoint=\"/auth/login\",outcome=\"password wrong\"} 2\n"));
+        assert!(text.contains(
+            "chatroom_http_requests_total{endpoint=\"/auth/login\",outcome=\"password wrong\"} 2\n"
+        ));
         assert!(text.contains("chatroom_store_sync_seconds_bucket{le=\"0.0025\"} 0\n"));
         assert!(text.contains("chatroom_store_sync_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("chatroom_store_sync_seconds_count 1\n"));

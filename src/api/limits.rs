@@ -27,9 +27,13 @@ impl<K: Hash + Eq + Clone> FailureWindow<K> {
 
     /// Whether `key` has used up its failures within the window.
     pub fn is_blocked(&self, key: &K, now: Instant) -> bool {
-        self.by_key
-            .get(key)
-            .is_some_and(|times| times.iter().filter(|t| now.duration_since(**t) < self.window).count() >= self.limit)
+        self.by_key.get(key).is_some_and(|times| {
+            times
+                .iter()
+                .filter(|t| now.duration_since(**t) < self.window)
+                .count()
+                >= self.limit
+        })
     }
 
     /// Counts one failure.
@@ -43,7 +47,10 @@ impl<K: Hash + Eq + Clone> FailureWindow<K> {
             }
         }
         let times = self.by_key.entry(key.clone()).or_default();
-        while times.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
             times.pop_front();
         }
         if times.len() >= self.limit {
@@ -69,8 +76,11 @@ impl<K: Hash + Eq + Clone> FailureWindow<K> {
     /// Forgets keys whose failures have all left the window.
     pub fn prune(&mut self, now: Instant) {
         let window = self.window;
-        self.by_key
-            .retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < window));
+        self.by_key.retain(|_, times| {
+            times
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < window)
+        });
     }
 
     #[cfg(test)]
@@ -115,7 +125,10 @@ mod tests {
         }
         assert!(failures.is_blocked(&"a", start + Duration::from_secs(10)));
         assert!(!failures.is_blocked(&"b", start + Duration::from_secs(10)));
-        assert!(!failures.is_blocked(&"a", start + Duration::from_secs(60)), "the first failure left the window");
+        assert!(
+            !failures.is_blocked(&"a", start + Duration::from_secs(60)),
+            "the first failure left the window"
+        );
         failures.forgive_one(&"a");
         assert!(!failures.is_blocked(&"a", start + Duration::from_secs(10)));
         failures.clear(&"a");

@@ -105,6 +105,22 @@ enum Endpoint {
     Health,
 }
 
+/// A request path as a metrics label: one of a fixed set, whatever the
+/// client sent.
+pub fn endpoint_label(path: &str) -> &'static str {
+    match path {
+        "/auth/register" => "/auth/register",
+        "/auth/login" => "/auth/login",
+        "/chatroom/list" => "/chatroom/list",
+        "/chatroom/create" => "/chatroom/create",
+        "/chatroom/room" => "/chatroom/room",
+        "/healthz" => "/healthz",
+        "/metrics" => "/metrics",
+        "/ws" => "/ws",
+        _ => "other",
+    }
+}
+
 fn route(path: &str) -> Option<Endpoint> {
     match path {
         "/auth/register" => Some(Endpoint::Register),
@@ -243,7 +259,11 @@ impl Api {
             last_token_purge: None,
             sessions: HashMap::new(),
             outbox: Vec::new(),
-            login_failures_by_user: FailureWindow::new(LOGIN_FAILURES_PER_USER, LOGIN_USER_WINDOW, usize::MAX),
+            login_failures_by_user: FailureWindow::new(
+                LOGIN_FAILURES_PER_USER,
+                LOGIN_USER_WINDOW,
+                usize::MAX,
+            ),
             login_failures_by_client: FailureWindow::new(
                 LOGIN_FAILURES_PER_CLIENT,
                 LOGIN_CLIENT_WINDOW,
@@ -337,7 +357,13 @@ impl Api {
             .inspect_err(|_| self.state.release_user(tel, name))
     }
 
-    fn login(&mut self, conn: ConnRef, params: &Params, client: IpAddr, now: Now) -> Result<Outcome, Response> {
+    fn login(
+        &mut self,
+        conn: ConnRef,
+        params: &Params,
+        client: IpAddr,
+        now: Now,
+    ) -> Result<Outcome, Response> {
         let tel = required(params, "user_tel", validate::user_tel)?;
         let password = required(params, "user_password", validate::user_password)?;
         if self.login_failures_by_client.is_blocked(&client, now.mono) {

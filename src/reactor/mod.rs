@@ -24,6 +24,7 @@ use crate::chat::state::ChatState;
 use crate::config::Config;
 use crate::http::request::{Event as HttpEvent, HttpError, Request, RequestParser};
 use crate::http::response::{Response, CONTINUE};
+use crate::metrics::{Gauges, Metrics};
 use crate::store::{Completion, DataDir, Writer};
 
 pub use outqueue::{Flushed, OutQueue};
@@ -56,6 +57,8 @@ pub enum HelperEvent {
 /// What the reply to an awaited request must look like once it arrives.
 #[derive(Debug, Clone, Copy)]
 struct ReplyShape {
+    /// The endpoint, as a metrics label.
+    endpoint: &'static str,
     head_only: bool,
     keep_alive: bool,
     http10: bool,
@@ -106,6 +109,12 @@ struct Connection {
     last_read: Instant,
     write_interest: bool,
     peer_closed: bool,
+    /// Why we decided to close, once we have.
+    close_reason: Option<&'static str>,
+    was_websocket: bool,
+    opened: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
     /// Reading stopped with input left in the socket; edge-triggered
     /// polling will not report it again, so it must be resumed by hand.
     read_paused: bool,
@@ -164,6 +173,9 @@ pub struct Reactor {
     outbox: Vec<(ConnRef, std::rc::Rc<[u8]>)>,
     /// The clocks read at the start of this turn.
     now: Now,
+    metrics: Metrics,
+    /// Set once a stop was asked for: the moment we give up waiting.
+    shutdown_deadline: Option<Instant>,
 }
 
 /// The parts the reactor is built from (see `Server::bind`).
@@ -221,6 +233,8 @@ impl Reactor {
             accept_paused_until: None,
             outbox: Vec::new(),
             now: Now::read(),
+            metrics: Metrics::default(),
+            shutdown_deadline: None,
         })
     }
 
@@ -286,7 +300,7 @@ impl Reactor {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.flush_quietly(key);
-            self.remove(key);
+            self.remove(key, "shutdown");
         }
         if let Some(writer) = self.writer.take() {
             writer.shutdown();
@@ -335,9 +349,11 @@ impl Reactor {
                     Response::res(503, "too many connections").with_header("Retry-After", "1");
                 let _ = socket.write(&busy.encode(false, false, false, &self.config.cors_origin));
             }
+            self.metrics.connections_refused += 1;
             log::warn!("refused {peer}: {} connections open", self.conns.len());
             return;
         }
+        self.metrics.connections_accepted += 1;
         let _ = socket.set_nodelay(true);
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
@@ -372,6 +388,11 @@ impl Reactor {
             last_read: now.mono,
             write_interest: false,
             peer_closed: false,
+            close_reason: None,
+            was_websocket: false,
+            opened: now.mono,
+            bytes_in: 0,
+            bytes_out: 0,
             read_paused: false,
             in_dirty_list: false,
         });
@@ -402,6 +423,8 @@ impl Reactor {
                 Ok(n) => {
                     conn.last_activity = now.mono;
                     conn.last_read = now.mono;
+                    conn.bytes_in += n as u64;
+                    self.metrics.bytes_in += n as u64;
                     if matches!(conn.protocol, Protocol::Closing) {
                         continue;
                     }
@@ -411,7 +434,7 @@ impl Reactor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::debug!("read from {} failed: {e}", conn.peer);
-                    self.remove(key);
+                    self.remove(key, "read error");
                     return;
                 }
             }
@@ -428,7 +451,7 @@ impl Reactor {
             Protocol::WebSocket(_) => self.process_ws(key, now),
             Protocol::Closing => {
                 if conn.peer_closed {
-                    self.remove(key);
+                    self.remove(key, "peer closed");
                 }
             }
         }
@@ -530,7 +553,9 @@ impl Reactor {
             HttpError::ExpectationFailed => "expectation failed",
         };
         let response = Response::res_with_error(error.status(), res, error.reason());
+        self.metrics.count_request("other", res);
         http.close_after_flush = true;
+        conn.close_reason = Some(error.reason());
         http.request_started = None;
         conn.inbuf = Vec::new();
         conn.out
@@ -543,12 +568,18 @@ impl Reactor {
             return;
         };
         let shape = ReplyShape {
+            endpoint: crate::api::endpoint_label(request.path()),
             head_only: request.method == "HEAD",
             keep_alive: request.keep_alive(),
             http10: request.minor_version == 0,
         };
         if conn.listener == Listener::Ws || request.path() == "/ws" {
             self.upgrade(key, &request, now);
+            return;
+        }
+        if request.path() == "/metrics" && matches!(request.method.as_str(), "GET" | "HEAD") {
+            let response = self.metrics_response();
+            self.send_reply(key, shape, response);
             return;
         }
         let conn_ref = conn.conn_ref(key);
@@ -569,7 +600,11 @@ impl Reactor {
         let Protocol::Http(http) = &mut conn.protocol else {
             return;
         };
-        let keep_alive = shape.keep_alive && !response.close && !conn.peer_closed;
+        let keep_alive = shape.keep_alive
+            && !response.close
+            && !conn.peer_closed
+            && self.shutdown_deadline.is_none();
+        self.metrics.count_request(shape.endpoint, response.outcome);
         conn.out.push(response.encode(
             shape.head_only,
             keep_alive,
@@ -578,8 +613,32 @@ impl Reactor {
         ));
         if !keep_alive {
             http.close_after_flush = true;
+            conn.close_reason
+                .get_or_insert("response complete, not kept alive");
         }
         self.mark_dirty(key);
+    }
+
+    fn metrics_response(&self) -> Response {
+        let mut gauges = Gauges {
+            rooms: self.api.state().room_count(),
+            users: self.api.state().user_count(),
+            seats: self.api.state().seats_held(),
+            tokens: self.api.tokens().len(),
+            ..Gauges::default()
+        };
+        for (_, conn) in &self.conns {
+            match conn.protocol {
+                Protocol::WebSocket(_) => gauges.ws_connections += 1,
+                Protocol::Http(_) => gauges.http_connections += 1,
+                Protocol::Closing if conn.was_websocket => gauges.ws_connections += 1,
+                Protocol::Closing => gauges.http_connections += 1,
+            }
+        }
+        let mut response = Response::json(200, &()).with_outcome("metrics");
+        response.content_type = "text/plain; version=0.0.4; charset=utf-8";
+        response.body = self.metrics.render(gauges).into_bytes();
+        response
     }
 
     /// Routes a reply that waited on a helper back to its connection, if
@@ -613,14 +672,14 @@ impl Reactor {
             Protocol::Http(http) if conn.peer_closed && http.awaiting.is_none() => {
                 // Nothing more can arrive: send what is owed, then close.
                 if conn.out.is_empty() {
-                    self.remove(key);
+                    self.remove(key, "peer closed");
                     return;
                 }
                 http.close_after_flush = true;
             }
             Protocol::WebSocket(_) if conn.peer_closed => {
                 // The peer vanished without a close frame.
-                self.remove(key);
+                self.remove(key, "peer vanished");
                 return;
             }
             _ => {}
@@ -687,7 +746,9 @@ impl Reactor {
             Protocol::Http(http) if http.request_started.is_some() => {
                 log::debug!("request timeout for {}", conn.peer);
                 let response = Response::res(408, "request timeout");
+                self.metrics.count_request("other", "request timeout");
                 http.close_after_flush = true;
+                conn.close_reason = Some("request timeout");
                 http.request_started = None;
                 conn.inbuf = Vec::new();
                 conn.out
@@ -697,7 +758,7 @@ impl Reactor {
             }
             _ => {
                 log::debug!("closing idle connection {}", conn.peer);
-                self.remove(key);
+                self.remove(key, "idle timeout");
             }
         }
     }
@@ -711,6 +772,12 @@ impl Reactor {
                     }
                 }
                 HelperEvent::Stored(completion) => {
+                    self.metrics
+                        .fsync_seconds
+                        .observe(completion.sync_micros as f64 / 1e6);
+                    if completion.result.is_err() {
+                        self.metrics.storage_failures += 1;
+                    }
                     for (conn, response) in self.api.on_batch_done(completion) {
                         self.deliver(conn, response, now);
                     }
@@ -769,12 +836,14 @@ impl Reactor {
             Ok((written, how)) => {
                 if written > 0 {
                     conn.last_activity = now.mono;
+                    conn.bytes_out += written as u64;
+                    self.metrics.bytes_out += written as u64;
                 }
                 how == Flushed::Blocked
             }
             Err(e) => {
                 log::debug!("write to {} failed: {e}", conn.peer);
-                self.remove(key);
+                self.remove(key, "write error");
                 return;
             }
         };
@@ -791,7 +860,7 @@ impl Reactor {
                 .reregister(&mut conn.socket, token, interest)
             {
                 log::debug!("reregister failed for {}: {e}", conn.peer);
-                self.remove(key);
+                self.remove(key, "reregister failed");
                 return;
             }
             conn.write_interest = blocked;
@@ -823,7 +892,7 @@ impl Reactor {
             return;
         };
         if conn.peer_closed {
-            self.remove(key);
+            self.remove(key, "peer closed");
             return;
         }
         let _ = conn.socket.shutdown(Shutdown::Write);
@@ -839,8 +908,26 @@ impl Reactor {
         }
     }
 
-    fn remove(&mut self, key: usize) {
+    /// Drops a connection. `reason` is logged unless an earlier decision
+    /// to close it recorded its own.
+    fn remove(&mut self, key: usize, reason: &'static str) {
         if let Some(mut conn) = self.conns.try_remove(key) {
+            let protocol = match conn.protocol {
+                Protocol::WebSocket(_) => "websocket",
+                Protocol::Http(_) => "http",
+                Protocol::Closing if conn.was_websocket => "websocket",
+                Protocol::Closing => "http",
+            };
+            log::info!(
+                target: "chatroom::conn",
+                "closed peer={} protocol={} reason=\"{}\" duration_ms={} bytes_in={} bytes_out={}",
+                conn.peer,
+                protocol,
+                conn.close_reason.unwrap_or(reason),
+                self.now.mono.saturating_duration_since(conn.opened).as_millis(),
+                conn.bytes_in,
+                conn.bytes_out
+            );
             if let Protocol::WebSocket(ws) = &conn.protocol {
                 if ws.in_chat {
                     self.api.ws_closed(conn.conn_ref(key), self.now);
@@ -849,7 +936,6 @@ impl Reactor {
             self.timers
                 .reschedule(key, conn.generation, conn.deadline, None);
             let _ = self.poll.registry().deregister(&mut conn.socket);
-            log::debug!("closed {}", conn.peer);
         }
     }
 }

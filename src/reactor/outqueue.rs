@@ -68,13 +68,16 @@ impl OutQueue {
 
     /// Drops everything not yet started. A chunk already partly written is
     /// kept whole, so the stream stays a sequence of complete frames.
-    pub fn discard_unsent(&mut self) {
+    /// Returns how many chunks were dropped.
+    pub fn discard_unsent(&mut self) -> usize {
         let keep = usize::from(self.front_written > 0);
+        let dropped = self.chunks.len().saturating_sub(keep);
         self.chunks.truncate(keep);
         self.pending = self
             .chunks
             .front()
             .map_or(0, |front| front.bytes().len() - self.front_written);
+        dropped
     }
 
     /// Writes until the queue is empty or `out` would block. Returns the

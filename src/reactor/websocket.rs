@@ -67,6 +67,8 @@ impl Reactor {
                     in_chat,
                 });
                 conn.last_read = now.mono;
+                conn.was_websocket = true;
+                self.metrics.websocket_upgrades += 1;
                 log::debug!(
                     "{} upgraded to WebSocket on the {} port",
                     conn.peer,
@@ -94,6 +96,7 @@ impl Reactor {
                     response = response.with_header(name, *value);
                 }
                 let shape = ReplyShape {
+                    endpoint: crate::api::endpoint_label(request.path()),
                     head_only: false,
                     keep_alive: false,
                     http10: request.minor_version == 0,
@@ -132,10 +135,13 @@ impl Reactor {
                 Err(error) => {
                     log::debug!("closing WebSocket {}: {error}", conn.peer);
                     let frame = ws::close_frame(error.close_code(), error.reason());
-                    self.close_ws(key, frame, now);
+                    self.close_ws(key, frame, error.reason(), now);
                     continue;
                 }
             };
+            if matches!(event, WsEvent::Text(_) | WsEvent::Binary(_)) {
+                self.metrics.ws_messages_in += 1;
+            }
             match event {
                 WsEvent::Text(text) => match self.config.ws_mode {
                     WsMode::Chat => self.api.ws_text(conn_ref, &text, now),
@@ -152,7 +158,7 @@ impl Reactor {
                         Some(code) => ws::close_frame(code, ""),
                         None => ws::close_frame_without_code(),
                     };
-                    self.close_ws(key, echo, now);
+                    self.close_ws(key, echo, "closed by peer", now);
                 }
             }
             self.mark_dirty(key);
@@ -168,7 +174,7 @@ impl Reactor {
 
     /// Queues a close frame; the TCP connection closes once it is written.
     /// The chat sees the connection leave at once, not after the linger.
-    pub(super) fn close_ws(&mut self, key: usize, frame: Vec<u8>, now: Now) {
+    pub(super) fn close_ws(&mut self, key: usize, frame: Vec<u8>, reason: &'static str, now: Now) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -180,6 +186,7 @@ impl Reactor {
             return;
         }
         socket.close_after_flush = true;
+        conn.close_reason.get_or_insert(reason);
         conn.out.push(frame);
         if std::mem::take(&mut socket.in_chat) {
             self.api.ws_closed(conn_ref, now);
@@ -198,12 +205,13 @@ impl Reactor {
         };
         if socket.close_after_flush {
             // The peer never read our close.
-            self.remove(key);
+            self.remove(key, "close not acknowledged");
         } else if socket.ping_outstanding {
             log::debug!("closing silent WebSocket {}", conn.peer);
             self.close_ws(
                 key,
                 ws::close_frame(close_code::GOING_AWAY, "idle timeout"),
+                "idle timeout",
                 now,
             );
         } else {
@@ -235,16 +243,19 @@ impl Reactor {
                     continue;
                 }
                 conn.out.push_shared(frame);
+                self.metrics.ws_messages_out += 1;
                 if conn.out.pending_bytes() > self.config.max_outbound_bytes {
                     log::info!(
                         "closing slow consumer {}: {} bytes unsent",
                         conn.peer,
                         conn.out.pending_bytes()
                     );
-                    conn.out.discard_unsent();
+                    self.metrics.frames_dropped += conn.out.discard_unsent() as u64;
+                    self.metrics.slow_consumer_closes += 1;
                     self.close_ws(
                         key,
                         ws::close_frame(close_code::POLICY_VIOLATION, "slow consumer"),
+                        "slow consumer",
                         now,
                     );
                 } else {
