@@ -7,7 +7,7 @@ use chatroom::{Cli, Server};
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = Cli::parse().into_config();
-    let server = match Server::bind(config) {
+    let mut server = match Server::bind(config) {
         Ok(server) => server,
         Err(e) => {
             log::error!("{e}");
@@ -15,6 +15,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = server.handle_signals() {
+        log::error!("cannot handle signals: {e}");
+        return ExitCode::FAILURE;
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -133,6 +133,7 @@ impl Server {
             writer,
             data_dir,
             stop: Arc::clone(&stop_flag),
+            signals: None,
         };
         Ok(Server {
             parts,
@@ -153,6 +154,14 @@ impl Server {
     /// The address the WebSocket chat listener is bound to.
     pub fn ws_addr(&self) -> SocketAddr {
         self.ws_addr
+    }
+
+    /// Makes SIGINT and SIGTERM stop the server gracefully (the binary
+    /// wants this; a library user may have its own plans for signals).
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        self.parts.signals = Some(signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?);
+        Ok(())
     }
 
     /// A handle that stops the server from another thread.

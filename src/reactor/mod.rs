@@ -26,6 +26,7 @@ use crate::http::request::{Event as HttpEvent, HttpError, Request, RequestParser
 use crate::http::response::{Response, CONTINUE};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{Completion, DataDir, Writer};
+use signal_hook_mio::v1_0::Signals;
 
 pub use outqueue::{Flushed, OutQueue};
 use timers::Timers;
@@ -34,6 +35,11 @@ use websocket::WsConn;
 pub const HTTP_LISTENER: Token = Token(usize::MAX - 1);
 pub const WAKER: Token = Token(usize::MAX - 2);
 pub const WS_LISTENER: Token = Token(usize::MAX - 3);
+pub const SIGNALS: Token = Token(usize::MAX - 4);
+
+/// How long a stopping server waits for replies owed, writes and closing
+/// handshakes before it closes what is left (SPEC §7: exit within 5 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
 /// How long a closing connection keeps draining input after its last
 /// response, so that the peer reads that response instead of a reset.
@@ -176,6 +182,7 @@ pub struct Reactor {
     metrics: Metrics,
     /// Set once a stop was asked for: the moment we give up waiting.
     shutdown_deadline: Option<Instant>,
+    signals: Option<Signals>,
 }
 
 /// The parts the reactor is built from (see `Server::bind`).
@@ -191,6 +198,8 @@ pub struct ReactorParts {
     pub writer: Writer,
     pub data_dir: DataDir,
     pub stop: Arc<AtomicBool>,
+    /// SIGINT/SIGTERM, when this server handles them (the binary does).
+    pub signals: Option<Signals>,
 }
 
 impl Reactor {
@@ -207,12 +216,17 @@ impl Reactor {
             writer,
             data_dir,
             stop,
+            mut signals,
         } = parts;
         let api = Api::new(state, api_config);
         poll.registry()
             .register(&mut http_listener, HTTP_LISTENER, Interest::READABLE)?;
         poll.registry()
             .register(&mut ws_listener, WS_LISTENER, Interest::READABLE)?;
+        if let Some(signals) = &mut signals {
+            poll.registry()
+                .register(signals, SIGNALS, Interest::READABLE)?;
+        }
         Ok(Reactor {
             poll,
             http_listener,
@@ -235,13 +249,24 @@ impl Reactor {
             now: Now::read(),
             metrics: Metrics::default(),
             shutdown_deadline: None,
+            signals,
         })
     }
 
-    /// Runs until the stop flag is set (and the waker woken).
+    /// Runs until stopped (the stop flag with the waker, or a signal), then
+    /// shuts down gracefully.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        while !self.stop.load(Ordering::Acquire) {
+        loop {
+            if self.shutdown_deadline.is_none() && self.stop.load(Ordering::Acquire) {
+                self.begin_shutdown(Now::read());
+            }
+            if let Some(deadline) = self.shutdown_deadline {
+                let settled = self.conns.is_empty() && !self.api.has_pending_work();
+                if settled || Instant::now() >= deadline {
+                    break;
+                }
+            }
             let timeout = self.poll_timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -257,6 +282,7 @@ impl Reactor {
                     HTTP_LISTENER => self.accept(Listener::Http, now),
                     WS_LISTENER => self.accept(Listener::Ws, now),
                     WAKER => self.drain_helper_events(now),
+                    SIGNALS => self.on_signals(now),
                     token => {
                         let (key, generation) = split_token(token);
                         if self
@@ -277,8 +303,58 @@ impl Reactor {
             self.fire_timers(now);
             self.end_of_turn(now);
         }
-        self.shutdown();
+        self.finish_shutdown();
         Ok(())
+    }
+
+    fn on_signals(&mut self, now: Now) {
+        let received: Vec<i32> = match &mut self.signals {
+            Some(signals) => signals.pending().collect(),
+            None => return,
+        };
+        if let Some(signal) = received.first() {
+            log::info!("received signal {signal}");
+            if self.shutdown_deadline.is_none() {
+                self.begin_shutdown(now);
+            }
+        }
+    }
+
+    /// Stops accepting, closes WebSockets with 1001 and idle HTTP
+    /// connections; requests in progress get their answers, then close.
+    fn begin_shutdown(&mut self, now: Now) {
+        log::info!("shutting down: {} connection(s) open", self.conns.len());
+        self.shutdown_deadline = Some(now.mono + SHUTDOWN_GRACE);
+        let _ = self.poll.registry().deregister(&mut self.http_listener);
+        let _ = self.poll.registry().deregister(&mut self.ws_listener);
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            match &mut conn.protocol {
+                Protocol::WebSocket(_) => {
+                    let frame = crate::ws::close_frame(
+                        crate::ws::close_code::GOING_AWAY,
+                        "server shutting down",
+                    );
+                    self.close_ws(key, frame, "shutdown", now);
+                }
+                Protocol::Http(http) => {
+                    let idle = http.awaiting.is_none()
+                        && http.request_started.is_none()
+                        && conn.inbuf.is_empty();
+                    if idle && conn.out.is_empty() {
+                        self.remove(key, "shutdown");
+                    } else if idle {
+                        http.close_after_flush = true;
+                        conn.close_reason.get_or_insert("shutdown");
+                        self.mark_dirty(key);
+                    }
+                }
+                Protocol::Closing => {}
+            }
+        }
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
@@ -289,6 +365,7 @@ impl Reactor {
             self.timers.next(),
             self.api.next_deadline(),
             self.accept_paused_until,
+            self.shutdown_deadline,
         ]
         .into_iter()
         .flatten()
@@ -296,7 +373,9 @@ impl Reactor {
         .map(|deadline| deadline.saturating_duration_since(now))
     }
 
-    fn shutdown(&mut self) {
+    /// The grace period is over (or nothing is left): close what remains and
+    /// let the writer finish every queued record before returning.
+    fn finish_shutdown(&mut self) {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.flush_quietly(key);
@@ -305,10 +384,11 @@ impl Reactor {
         if let Some(writer) = self.writer.take() {
             writer.shutdown();
         }
+        log::info!("stopped");
     }
 
     fn accept(&mut self, listener: Listener, now: Now) {
-        if self.accept_paused_until.is_some() {
+        if self.accept_paused_until.is_some() || self.shutdown_deadline.is_some() {
             return;
         }
         loop {
