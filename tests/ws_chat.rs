@@ -234,7 +234,6 @@ fn token_in_upgrade_url_decides_identity() {
     let mut bad = server.client_with_url_token("not-a-token");
     bad.join("alice", "r");
     bad.expect_error("unauthorized", "alice", "r");
-
 }
 
 #[test]
@@ -266,7 +265,13 @@ fn outgoing_packets_carry_the_registered_avatar() {
 
     let mut alice = server.client();
     let mut bob = server.client();
-    alice.send(&packet("join", "alice", "https://evil.example/y.png", "r", ""));
+    alice.send(&packet(
+        "join",
+        "alice",
+        "https://evil.example/y.png",
+        "r",
+        "",
+    ));
     let p = alice.expect("user", "alice", "r", "create");
     assert_eq!(p["data"]["user"]["user_avatar"], "https://a.example/x.png");
 
@@ -276,7 +281,13 @@ fn outgoing_packets_carry_the_registered_avatar() {
         assert_eq!(p["data"]["user"]["user_avatar"], "https://b.example/b.png");
     }
 
-    alice.send(&packet("msg", "alice", "https://evil.example/z.png", "r", "hi"));
+    alice.send(&packet(
+        "msg",
+        "alice",
+        "https://evil.example/z.png",
+        "r",
+        "hi",
+    ));
     for client in [&mut alice, &mut bob] {
         let p = client.expect("msg", "alice", "r", "hi");
         assert_eq!(p["data"]["user"]["user_avatar"], "https://a.example/x.png");
@@ -284,7 +295,13 @@ fn outgoing_packets_carry_the_registered_avatar() {
 
     // Bob has no registered avatar: the one claimed at join sticks, a later
     // claim does not replace it.
-    bob.send(&packet("msg", "bob", "https://b.example/other.png", "r", "yo"));
+    bob.send(&packet(
+        "msg",
+        "bob",
+        "https://b.example/other.png",
+        "r",
+        "yo",
+    ));
     for client in [&mut alice, &mut bob] {
         let p = client.expect("msg", "bob", "r", "yo");
         assert_eq!(p["data"]["user"]["user_avatar"], "https://b.example/b.png");
@@ -480,6 +497,15 @@ fn seat_expires_after_ttl_without_connections() {
 
     let mut a = server.client();
     a.join_ok("a", "r");
+    // A second connection of a's comes and goes: a's seat must outlive it,
+    // because a's first connection is still in the room.
+    let mut a2 = server.client();
+    a2.join_ok("a", "r");
+    a.expect("user", "a", "r", "join");
+    a2.leave("a", "r");
+    a2.expect("user", "a", "r", "leave");
+    a.expect("user", "a", "r", "leave");
+
     let mut b = server.client();
     b.join_ok("b", "r");
     a.expect("user", "b", "r", "join");
@@ -490,10 +516,47 @@ fn seat_expires_after_ttl_without_connections() {
     b.expect("user", "b", "r", "leave");
     a.expect("user", "b", "r", "leave");
     server.wait_population("r", 1);
-    // a's seat, held by a live connection, stays.
+    // The seat left is a's, held by a live connection.
     a.say_ok("a", "r", "still seated");
-    assert_eq!(server.population("r"), 1);
     assert_eq!(server.room("r", "b", 0), "user not exist");
+    assert_eq!(server.room("r", "c", 0), "user not exist");
+    assert_eq!(server.room("r", "a", 0), "leave chatroom");
+    a.expect("user", "a", "r", "leave");
+    assert_eq!(server.population("r"), 0);
+
+    // The room is empty again: the next join is a "create".
+    b.join("b", "r");
+    b.expect("user", "b", "r", "create");
+}
+
+#[test]
+fn http_release_evicts_every_connection_of_the_user() {
+    let server = TestServer::start();
+    server.register("a", "");
+    server.register("b", "");
+    server.create_room("r");
+    let mut a1 = server.client();
+    let mut a2 = server.client();
+    let mut b = server.client();
+    a1.join_ok("a", "r");
+    a2.join_ok("a", "r");
+    a1.expect("user", "a", "r", "join");
+    b.join_ok("b", "r");
+    a1.expect("user", "b", "r", "join");
+    a2.expect("user", "b", "r", "join");
+
+    assert_eq!(server.room("r", "a", 0), "leave chatroom");
+    // One leave each, no more: the next packet everyone sees is b's.
+    for client in [&mut a1, &mut a2, &mut b] {
+        client.expect("user", "a", "r", "leave");
+    }
+    b.say_ok("b", "r", "marker");
+    for client in [&mut a1, &mut a2] {
+        client.say("a", "r", "evicted?");
+        client.expect_error("not in room", "a", "r");
+    }
+    b.say_ok("b", "r", "marker 2");
+    assert_eq!(server.population("r"), 1);
 }
 
 #[test]

@@ -76,10 +76,13 @@ fn invalid_message() {
     assert_eq!(p["data"]["user"]["user_avatar"], "");
 
     // A binary frame, even one holding a valid packet.
-    ws.ws.send(Message::binary(
-        packet("join", "alice", "", "r", "").to_string().into_bytes(),
-    ))
-    .unwrap();
+    ws.ws
+        .send(Message::binary(
+            packet("join", "alice", "", "r", "")
+                .to_string()
+                .into_bytes(),
+        ))
+        .unwrap();
     ws.expect_error("invalid message", "", "");
 
     still_works(&mut ws);
@@ -209,7 +212,13 @@ fn unauthorized_without_a_token_when_required() {
     // Bound now, but every packet still needs its token.
     ws.say("alice", "r", "no token");
     ws.expect_error("unauthorized", "alice", "r");
-    ws.send(&packet_with_token("msg", "alice", "r", "with token", &token));
+    ws.send(&packet_with_token(
+        "msg",
+        "alice",
+        "r",
+        "with token",
+        &token,
+    ));
     ws.expect("msg", "alice", "r", "with token");
 }
 

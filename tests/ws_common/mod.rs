@@ -174,7 +174,11 @@ impl TestServer {
         let status = status.to_string();
         self.res(
             "/chatroom/room",
-            &[("room_name", room), ("user_name", user), ("status", &status)],
+            &[
+                ("room_name", room),
+                ("user_name", user),
+                ("status", &status),
+            ],
         )
     }
 
@@ -663,12 +667,10 @@ impl RawWs {
 
     /// After a close, the server closes TCP: reading returns 0.
     pub fn expect_eof(&mut self) {
-        loop {
-            match self.read_frame() {
-                Ok(None) => return,
-                Ok(Some(frame)) => panic!("expected EOF, got {frame:?}"),
-                Err(e) => panic!("expected EOF, got {e}"),
-            }
+        match self.read_frame() {
+            Ok(None) => {}
+            Ok(Some(frame)) => panic!("expected EOF, got {frame:?}"),
+            Err(e) => panic!("expected EOF, got {e}"),
         }
     }
 }
