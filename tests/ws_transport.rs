@@ -577,7 +577,6 @@ fn slow_consumer_is_closed_and_others_are_unaffected() {
 }
 
 #[test]
-#[ignore = "SPEC §7: stopping the server should close WebSockets with 1001; the reactor's shutdown drops them without a close frame"]
 fn stopping_the_server_closes_websockets_with_1001() {
     let server = TestServer::start();
     let mut raw = RawWs::connect(server.ws_addr(), "/");
