@@ -3,6 +3,7 @@
 
 mod ws_common;
 
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -147,6 +148,23 @@ fn plain_get_on_the_chat_port_is_400() {
     raw.send_request("/", &[]);
     let reply = raw.read_reply();
     assert_json_refusal(&reply, 400);
+}
+
+#[test]
+fn a_handshake_that_does_not_complete_in_time_gets_408_and_a_close() {
+    let server = TestServer::start_with(|c| c.header_timeout = Duration::from_millis(300));
+    let mut raw = RawWs::tcp(server.ws_addr());
+    raw.stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n")
+        .unwrap();
+    let reply = raw.read_reply();
+    assert_eq!(reply.status, 408);
+    let mut rest = Vec::new();
+    raw.stream
+        .read_to_end(&mut rest)
+        .expect("the server closes the connection");
+    assert!(rest.is_empty());
+    server.assert_healthy();
 }
 
 #[test]
