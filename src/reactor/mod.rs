@@ -77,6 +77,9 @@ struct HttpConn {
     /// when its head completed, for the body).
     request_started: Option<Instant>,
     awaiting: Option<ReplyShape>,
+    /// A request has been received: until then the connection has only the
+    /// header timeout to show it is a client, not the keep-alive idle time.
+    received_a_request: bool,
     /// Answer what is queued, then close.
     close_after_flush: bool,
 }
@@ -461,6 +464,7 @@ impl Reactor {
                 parser: RequestParser::new(self.config.http_limits),
                 request_started: None,
                 awaiting: None,
+                received_a_request: false,
                 close_after_flush: false,
             }),
             deadline: None,
@@ -581,6 +585,7 @@ impl Reactor {
                         }
                         Some(HttpEvent::Request(request)) => {
                             http.request_started = None;
+                            http.received_a_request = true;
                             self.dispatch(key, request, now);
                         }
                     }
@@ -787,6 +792,8 @@ impl Reactor {
                     None
                 } else if let Some(started) = http.request_started {
                     Some(started + self.config.header_timeout)
+                } else if !http.received_a_request {
+                    Some(conn.opened + self.config.header_timeout)
                 } else {
                     // Idle between requests, or waiting for the client to
                     // read what we sent.

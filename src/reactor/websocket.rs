@@ -145,13 +145,22 @@ impl Reactor {
             match event {
                 WsEvent::Text(text) => match self.config.ws_mode {
                     WsMode::Chat => self.api.ws_text(conn_ref, &text, now),
-                    WsMode::Echo => conn.out.push(ws::text_frame(text.as_bytes())),
+                    WsMode::Echo => {
+                        conn.out.push(ws::text_frame(text.as_bytes()));
+                        self.enforce_outbound_limit(key, now);
+                    }
                 },
                 WsEvent::Binary(data) => match self.config.ws_mode {
                     WsMode::Chat => self.api.ws_binary(conn_ref, now),
-                    WsMode::Echo => conn.out.push(ws::binary_frame(&data)),
+                    WsMode::Echo => {
+                        conn.out.push(ws::binary_frame(&data));
+                        self.enforce_outbound_limit(key, now);
+                    }
                 },
-                WsEvent::Ping(payload) => conn.out.push(ws::pong_frame(&payload)),
+                WsEvent::Ping(payload) => {
+                    conn.out.push(ws::pong_frame(&payload));
+                    self.enforce_outbound_limit(key, now);
+                }
                 WsEvent::Pong(_) => {}
                 WsEvent::Close { code, .. } => {
                     let echo = match code {
@@ -222,6 +231,31 @@ impl Reactor {
         }
     }
 
+    /// A connection whose unsent output passed the limit is closed (1008):
+    /// whatever it is owed — broadcasts, pongs, errors — it must read, or
+    /// it goes, and nobody else waits for it.
+    fn enforce_outbound_limit(&mut self, key: usize, now: Now) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.out.pending_bytes() <= self.config.max_outbound_bytes {
+            return;
+        }
+        log::info!(
+            "closing slow consumer {}: {} bytes unsent",
+            conn.peer,
+            conn.out.pending_bytes()
+        );
+        self.metrics.frames_dropped += conn.out.discard_unsent() as u64;
+        self.metrics.slow_consumer_closes += 1;
+        self.close_ws(
+            key,
+            ws::close_frame(close_code::POLICY_VIOLATION, "slow consumer"),
+            "slow consumer",
+            now,
+        );
+    }
+
     /// Moves the API's frames into their connections' output queues. A
     /// connection too far behind is closed (1008) instead of growing.
     pub(super) fn deliver_frames(&mut self, now: Now) {
@@ -244,23 +278,8 @@ impl Reactor {
                 }
                 conn.out.push_shared(frame);
                 self.metrics.ws_messages_out += 1;
-                if conn.out.pending_bytes() > self.config.max_outbound_bytes {
-                    log::info!(
-                        "closing slow consumer {}: {} bytes unsent",
-                        conn.peer,
-                        conn.out.pending_bytes()
-                    );
-                    self.metrics.frames_dropped += conn.out.discard_unsent() as u64;
-                    self.metrics.slow_consumer_closes += 1;
-                    self.close_ws(
-                        key,
-                        ws::close_frame(close_code::POLICY_VIOLATION, "slow consumer"),
-                        "slow consumer",
-                        now,
-                    );
-                } else {
-                    self.mark_dirty(key);
-                }
+                self.mark_dirty(key);
+                self.enforce_outbound_limit(key, now);
             }
             // Closing slow consumers may have produced `leave` frames.
             self.outbox = frames;
