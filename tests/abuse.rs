@@ -9,7 +9,7 @@ mod fault_support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -240,7 +240,39 @@ struct Seen {
     slow_left: bool,
 }
 
-fn read_member(mut ws: Ws, who: &str) -> Seen {
+/// How far each reading member has read. The sender stays at most
+/// `WINDOW` messages ahead of them, so that on a loaded machine a reader
+/// thread that is slow to be scheduled never becomes a slow consumer itself.
+#[derive(Default)]
+struct Progress {
+    read: Mutex<[usize; 2]>,
+    changed: Condvar,
+}
+
+const WINDOW: usize = 4;
+
+impl Progress {
+    fn advance(&self, slot: usize, count: usize) {
+        self.read.lock().unwrap()[slot] = count;
+        self.changed.notify_all();
+    }
+
+    /// Waits until every reader has read all but `WINDOW` of `sent`.
+    fn wait_for_readers(&self, sent: usize) {
+        let deadline = Instant::now() + POLL_DEADLINE;
+        let mut read = self.read.lock().unwrap();
+        while read.iter().min().copied().unwrap_or(0) + WINDOW < sent {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the reading members stopped reading at {read:?} of {sent} (see their panics)"
+            );
+            read = self.changed.wait_timeout(read, left).unwrap().0;
+        }
+    }
+}
+
+fn read_member(mut ws: Ws, who: &str, slot: usize, progress: &Progress) -> Seen {
     let mut seen = Seen {
         indices: Vec::new(),
         slow_left: false,
@@ -259,6 +291,7 @@ fn read_member(mut ws: Ws, who: &str) -> Seen {
                 }
                 let index = msg.split(':').next().unwrap()[1..].parse().unwrap();
                 seen.indices.push(index);
+                progress.advance(slot, seen.indices.len());
             }
             Some("user") => {
                 if data["user"]["user_name"] == "sloth" && data["msg"] == "leave" {
@@ -289,11 +322,14 @@ fn a_member_that_never_reads_is_cut_off_and_nobody_else_loses_a_message() {
         ws
     };
     let sloth = connect("sloth");
+    let progress = Arc::new(Progress::default());
     let readers: Vec<_> = ["rita", "rolf"]
         .into_iter()
-        .map(|name| {
+        .enumerate()
+        .map(|(slot, name)| {
             let ws = connect(name);
-            thread::spawn(move || read_member(ws, name))
+            let progress = Arc::clone(&progress);
+            thread::spawn(move || read_member(ws, name, slot, &progress))
         })
         .collect();
     let mut sam = connect("sam");
@@ -307,6 +343,7 @@ fn a_member_that_never_reads_is_cut_off_and_nobody_else_loses_a_message() {
             sent < 20_000,
             "the member that never reads was never cut off"
         );
+        progress.wait_for_readers(sent);
         let msg = format!("m{sent}:{filler}");
         send_text(&mut sam, packet("msg", "sam", "busy", &msg));
         // Lockstep: the sender reads its own echo (and anything before it),
@@ -867,4 +904,99 @@ fn garbage_from_many_connections_does_not_disturb_the_server() {
     ordinary_client_round(addr, "garbage after");
     // A panicked reactor thread would make this an error.
     server.stop();
+}
+
+// ---------------------------------------------------------------------------
+// Races: limits and uniqueness hold under concurrency
+// ---------------------------------------------------------------------------
+
+/// Failures are counted before the hash runs, so twenty simultaneous
+/// guesses get exactly five password checks.
+#[test]
+fn simultaneous_guesses_get_exactly_five_checks() {
+    let server = TestServer::start_with(|c| c.hash_threads = 1);
+    let addr = server.addr;
+    assert!(register(addr, "4100001", "target", "rightpass").is(200, "register successfully"));
+    let start = Arc::new(Barrier::new(20));
+    let guesses: Vec<_> = (0..20)
+        .map(|n| {
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                let mut conn = RawConn::connect(addr);
+                let request = common::raw_form_post(
+                    "/auth/login",
+                    &format!("user_tel=4100001&user_password=guess{n:04}"),
+                    &[],
+                );
+                start.wait();
+                conn.roundtrip(&request).res()
+            })
+        })
+        .collect();
+    let answers: Vec<String> = guesses
+        .into_iter()
+        .map(|g| g.join().expect("guess thread"))
+        .collect();
+    let checked = answers.iter().filter(|a| *a == "password wrong").count();
+    let refused = answers.iter().filter(|a| *a == "too many attempts").count();
+    assert_eq!(
+        (checked, refused),
+        (5, 15),
+        "answers to 20 simultaneous guesses: {answers:?}"
+    );
+    let right = login(addr, "4100001", "rightpass");
+    assert!(right.is(200, "too many attempts"), "{right:?}");
+}
+
+/// The same phone number, user name or room name from many connections at
+/// once: exactly one wins, and exactly one record is stored.
+#[test]
+fn racing_duplicates_store_exactly_one_record() {
+    let server = TestServer::start();
+    let addr = server.addr;
+    let start = Arc::new(Barrier::new(24));
+    let racers: Vec<_> = (0..24)
+        .map(|n| {
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                start.wait();
+                match n % 3 {
+                    // Same phone, different names.
+                    0 => register(addr, "4200001", &format!("twin {n}"), "password1").res(),
+                    // Same name, different phones.
+                    1 => register(addr, &format!("42001{n:02}"), "namesake", "password1").res(),
+                    _ => create_room(addr, "contested").res(),
+                }
+            })
+        })
+        .collect();
+    let answers: Vec<String> = racers
+        .into_iter()
+        .map(|r| r.join().expect("racer"))
+        .collect();
+    for (kind, won, lost) in [
+        (0, "register successfully", "user exist"),
+        (1, "register successfully", "user exist"),
+        (2, "chatroom create successfully", "chatroom already exist"),
+    ] {
+        let mine: Vec<&String> = answers.iter().skip(kind).step_by(3).collect();
+        assert_eq!(
+            mine.iter().filter(|a| **a == won).count(),
+            1,
+            "kind {kind}: {mine:?}"
+        );
+        assert!(mine.iter().all(|a| *a == won || *a == lost), "{mine:?}");
+    }
+    let dir = server.stop();
+    let users = records(&dir.path().join("users.jsonl"));
+    assert_eq!(users.len(), 2, "{users:?}");
+    assert_unique(&users, "tel", "user tel");
+    assert_unique(&users, "name", "user name");
+    let rooms = records(&dir.path().join("rooms.jsonl"));
+    assert_eq!(rooms.len(), 1, "{rooms:?}");
+
+    // And a restart agrees.
+    let again = common::try_start_in(dir.path(), |_| {}).expect("restart");
+    assert_eq!(room_names(again.http_addr()), vec!["contested".to_string()]);
+    again.stop().expect("clean stop");
 }

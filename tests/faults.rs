@@ -153,16 +153,16 @@ fn acknowledged_records_survive_kill_9_at_several_moments() {
         // recovery); it must never refuse.
         let mut server = ChildServer::start(dir.path(), &[]);
         if inject_torn_tail {
-            let cut = server.log_lines().iter().any(|l| {
-                l.contains("users.jsonl")
-                    && l.contains("cut a torn last line")
-                    && l.contains("WARN")
-            });
-            assert!(
-                cut,
-                "round {round}: no warning about the torn users.jsonl tail; log:\n{}",
-                server.log_text()
-            );
+            for file in ["users.jsonl", "rooms.jsonl"] {
+                let cut = server.log_lines().iter().any(|l| {
+                    l.contains(file) && l.contains("cut a torn last line") && l.contains("WARN")
+                });
+                assert!(
+                    cut,
+                    "round {round}: no warning about the torn {file} tail; log:\n{}",
+                    server.log_text()
+                );
+            }
             inject_torn_tail = false;
         }
         verify_recovered(&server, dir.path(), &acked.lock().unwrap(), round);
@@ -213,6 +213,11 @@ fn acknowledged_records_survive_kill_9_at_several_moments() {
             users
                 .write_all(br#"{"tel":"19999","name":"half a rec"#)
                 .unwrap();
+            let mut rooms = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.path().join("rooms.jsonl"))
+                .unwrap();
+            rooms.write_all(br#"{"name":"half a room","capa"#).unwrap();
             inject_torn_tail = true;
         }
     }
