@@ -236,7 +236,8 @@ fn broadcast(members: usize, messages: usize) {
             read_frames(socket, members - index);
         }
         let mut sender = sockets.remove(0);
-        let start = Arc::new(Barrier::new(members + 1));
+        // The other members' readers, and this thread.
+        let start = Arc::new(Barrier::new(sockets.len() + 1));
         let readers: Vec<_> = sockets
             .into_iter()
             .map(|mut socket| {
