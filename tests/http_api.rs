@@ -374,15 +374,46 @@ fn healthz_is_ok() {
 #[test]
 fn metrics_are_prometheus_text() {
     let server = TestServer::start();
+    assert_eq!(
+        register(server.addr, "5551234", "meg", "secret1").res(),
+        "register successfully"
+    );
+    assert_eq!(
+        register(server.addr, "5551234", "meg", "secret1").res(),
+        "user exist"
+    );
+    assert_eq!(
+        get_query(server.addr, "/chatroom/create", &[("room_name", "hall")]).res(),
+        "chatroom create successfully"
+    );
     let reply = get(server.addr, "/metrics");
     assert_eq!(reply.status, 200, "{reply:?}");
     let content_type = reply.header("content-type").unwrap_or_default();
     assert!(content_type.starts_with("text/plain"), "{content_type:?}");
-    assert!(
-        reply.body.lines().any(|l| l.starts_with("# TYPE ")),
-        "{}",
-        reply.body
-    );
+    let body = &reply.body;
+    for line in [
+        "chatroom_users 1",
+        "chatroom_rooms 1",
+        "chatroom_seats 0",
+        "chatroom_http_requests_total{endpoint=\"/auth/register\",outcome=\"register successfully\"} 1",
+        "chatroom_http_requests_total{endpoint=\"/auth/register\",outcome=\"user exist\"} 1",
+        "chatroom_http_requests_total{endpoint=\"/chatroom/create\",outcome=\"chatroom create successfully\"} 1",
+        "chatroom_store_sync_seconds_count 2",
+        "chatroom_backpressure_closes_total 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "missing `{line}` in\n{body}");
+    }
+    let open_http: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("chatroom_open_connections_http "))
+        .and_then(|v| v.parse().ok())
+        .expect("open HTTP connections gauge");
+    assert!(open_http >= 1, "the scrape's own connection is open");
+    assert!(body.contains("# TYPE chatroom_bytes_in_total counter"));
+    assert!(body.contains("# TYPE chatroom_ws_messages_out_total counter"));
+    let post = post_form(server.addr, "/metrics", &[]);
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
 }
 
 #[test]

@@ -662,8 +662,11 @@ impl Reactor {
             self.upgrade(key, &request, now);
             return;
         }
-        if request.path() == "/metrics" && matches!(request.method.as_str(), "GET" | "HEAD") {
-            let response = self.metrics_response();
+        if request.path() == "/metrics" {
+            let response = match request.method.as_str() {
+                "GET" | "HEAD" => self.metrics_response(),
+                _ => Response::res(405, "method not allowed").with_header("Allow", "GET, HEAD"),
+            };
             self.send_reply(key, shape, response);
             return;
         }
