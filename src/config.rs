@@ -57,6 +57,8 @@ impl Default for Config {
     }
 }
 
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Parses `60`, `60s`, `500ms`, `2m`, `1h` into a duration.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -78,6 +80,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
+    // Deadlines are `now + duration`; a year is longer than any sensible
+    // setting and keeps that sum far from overflowing.
+    if duration > MAX_DURATION {
+        return Err(format!("`{text}` is longer than a year"));
+    }
     Ok(duration)
 }
 
@@ -291,6 +298,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("18446744073709551615").is_err());
+        assert!(parse_duration("600000h").is_err());
     }
 
     #[test]

@@ -395,6 +395,38 @@ fn a_member_that_never_reads_is_cut_off_and_nobody_else_loses_a_message() {
 /// connection whose unsent output passes --max-outbound-bytes is closed with
 /// 1008), not make the server queue pongs without bound.
 #[test]
+fn a_closing_connection_cannot_hold_itself_open_by_trickling_bytes() {
+    // A client that never reads is closed as a slow consumer; its close frame
+    // cannot be delivered, so the server lingers. Bytes trickling in after
+    // that must not keep pushing the linger back.
+    let server = InProcess::start_with(|c| c.max_outbound_bytes = 16 * 1024);
+    let mut stream = raw_ws(server.ws);
+    let mask = [1u8, 2, 3, 4];
+    let mut ping = vec![0x89, 0x80 | 125];
+    ping.extend_from_slice(&mask);
+    ping.extend((0..125).map(|i| b'p' ^ mask[i % 4]));
+    let batch = ping.repeat(1000);
+    // About 20 MB of pongs owed: more than loopback buffers hold.
+    for _ in 0..160 {
+        if stream.write_all(&batch).is_err() {
+            break;
+        }
+    }
+    // The linger is 2 s; keep trickling for up to 30 s. Closed means a write
+    // fails (the server reset the connection it no longer reads).
+    let mut closed = false;
+    for _ in 0..300 {
+        if stream.write_all(&ping[..1]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(closed, "a trickle of bytes kept a closing connection open");
+    assert!(healthz_ok(server.http));
+}
+
+#[test]
 fn a_ping_flood_from_a_client_that_never_reads_is_cut_off() {
     let limit = 64 * 1024;
     let server = InProcess::start_with(|c| c.max_outbound_bytes = limit);

@@ -607,3 +607,67 @@ fn stopping_the_server_closes_websockets_with_1001() {
     }
     drop(dir);
 }
+
+#[test]
+fn stopping_the_server_closes_room_members_without_leave_storms() {
+    let server = TestServer::start();
+    server.create_room("hall");
+    let mut members = Vec::new();
+    for index in 0..3 {
+        let name = format!("member{index}");
+        server.register(&name, "");
+        let mut raw = RawWs::connect(server.ws_addr(), "/");
+        raw.send_packet(&packet("join", &name, "", "hall", ""));
+        members.push(raw);
+    }
+    // Each member sees its own join and the later ones.
+    for (index, member) in members.iter_mut().enumerate() {
+        for _ in index..3 {
+            assert_eq!(member.recv()["type"], "user");
+        }
+    }
+    let ws_common::TestServer { server, dir, .. } = server;
+    server.stop().expect("clean stop");
+    for member in &mut members {
+        let frame = member.frame();
+        assert_eq!(
+            frame.opcode, OP_CLOSE,
+            "the first thing after a stop is the close"
+        );
+        assert_eq!(frame.close_code(), Some(1001));
+        member.expect_eof();
+    }
+    drop(dir);
+}
+
+#[test]
+fn an_upgrade_completed_during_shutdown_is_refused_with_503() {
+    let server = TestServer::start_with(|c| c.header_timeout = Duration::from_secs(30));
+    let mut raw = RawWs::tcp(server.ws_addr());
+    // Half a handshake: the server owes this request an answer.
+    raw.send_raw(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n");
+    server.assert_healthy();
+    let ws_common::TestServer { server, dir, .. } = server;
+    let stopping = std::thread::spawn(move || server.stop());
+    // Once the listeners are gone, the server is shutting down.
+    let deadline = std::time::Instant::now() + ws_common::POLL_DEADLINE;
+    let http_addr = raw.stream.peer_addr().expect("peer");
+    while std::net::TcpStream::connect(http_addr).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server kept accepting"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    raw.send_raw(
+        format!(
+            "Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let reply = raw.read_reply();
+    assert_eq!(reply.status, 503);
+    raw.expect_eof();
+    stopping.join().expect("stop thread").expect("clean stop");
+    drop(dir);
+}

@@ -106,6 +106,17 @@ impl Api {
         }
     }
 
+    /// The server is stopping and every connection goes at once: nobody is
+    /// left to tell, so no `leave` is sent (k closes would otherwise build
+    /// k × members frames for connections that are closing anyway).
+    pub fn ws_close_all(&mut self, now: Now) {
+        for (conn, session) in self.sessions.drain() {
+            for room in session.rooms {
+                self.state.unsubscribe(room, conn, now.mono);
+            }
+        }
+    }
+
     /// A binary message: the protocol is JSON text only.
     pub fn ws_binary(&mut self, conn: ConnRef, now: Now) {
         if let Some(session) = self.sessions.get_mut(&conn) {

@@ -13,6 +13,9 @@ pub struct FailureWindow<K> {
     limit: usize,
     window: Duration,
     max_keys: usize,
+    /// When a full table was last swept: a sweep scans every key, so it
+    /// runs at most once a second, not once per failure.
+    last_sweep_when_full: Option<Instant>,
 }
 
 impl<K: Hash + Eq + Clone> FailureWindow<K> {
@@ -22,6 +25,7 @@ impl<K: Hash + Eq + Clone> FailureWindow<K> {
             limit: limit.max(1),
             window,
             max_keys,
+            last_sweep_when_full: None,
         }
     }
 
@@ -39,7 +43,13 @@ impl<K: Hash + Eq + Clone> FailureWindow<K> {
     /// Counts one failure.
     pub fn record(&mut self, key: &K, now: Instant) {
         if !self.by_key.contains_key(key) && self.by_key.len() >= self.max_keys {
-            self.prune(now);
+            let sweep_due = self
+                .last_sweep_when_full
+                .is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1));
+            if sweep_due {
+                self.last_sweep_when_full = Some(now);
+                self.prune(now);
+            }
             if self.by_key.len() >= self.max_keys {
                 // Full of live entries: a flood from more keys than we keep.
                 // The per-user limit still protects every account.

@@ -240,7 +240,6 @@ fn preflight() -> Response {
         ],
         body: Vec::new(),
         outcome: "preflight",
-        close: false,
     }
 }
 

@@ -153,6 +153,7 @@ impl Harness {
             batch,
             result,
             sync_micros: 0,
+            first_in_group: true,
         })
     }
 
@@ -727,6 +728,7 @@ fn register_is_answered_only_once_the_record_is_durable() {
         batch,
         result: Ok(()),
         sync_micros: 0,
+        first_in_group: true,
     });
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].0, 7, "answered on the connection that asked");
@@ -740,7 +742,8 @@ fn register_is_answered_only_once_the_record_is_durable() {
         .on_batch_done(Completion {
             batch,
             result: Ok(()),
-            sync_micros: 0
+            sync_micros: 0,
+            first_in_group: true,
         })
         .is_empty());
 }
@@ -1119,6 +1122,7 @@ fn create_is_pending_until_durable_and_names_are_unique() {
         batch,
         result: Ok(()),
         sync_micros: 0,
+        first_in_group: true,
     });
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].0, 4);
@@ -1157,6 +1161,7 @@ fn several_records_of_one_turn_share_one_batch() {
         batch,
         result: Ok(()),
         sync_micros: 0,
+        first_in_group: true,
     });
     let mut conns: Vec<ConnRef> = replies.iter().map(|(c, _)| *c).collect();
     conns.sort_unstable();
@@ -2426,4 +2431,26 @@ fn random_sequences_keep_seats_members_and_frames_consistent() {
     for seed in [1, 42, 0xdead_beef, 2024] {
         run_random(seed, 3000);
     }
+}
+
+#[test]
+fn closing_every_connection_at_shutdown_tells_nobody_and_starts_the_ttls() {
+    let mut h = chat_harness();
+    h.open(1);
+    h.open(2);
+    h.open(3);
+    h.send(1, &join("ann", "hall"));
+    h.send(2, &join("bob", "hall"));
+    h.send(3, &join("bob", "solo"));
+    h.frames();
+    let now = h.now;
+    h.api.ws_close_all(now);
+    assert!(h.frames().is_empty(), "nobody is left to hear a leave");
+    assert_eq!(h.api.ws_sessions(), 0);
+    assert!(h.members("hall").is_empty());
+    assert!(h.members("solo").is_empty());
+    assert_eq!(h.population("hall"), 2, "seats outlive their connections");
+    assert_eq!(h.api.next_deadline(), Some(now.mono + TTL));
+    h.tick(h.at(TTL));
+    assert_eq!(h.api.state().seats_held(), 0);
 }

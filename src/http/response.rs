@@ -19,9 +19,6 @@ pub struct Response {
     /// What the response means, for metrics: the `res` string, or a short
     /// label for responses without one.
     pub outcome: &'static str,
-    /// The connection must close after this response (errors that leave the
-    /// request stream in an unknown state).
-    pub close: bool,
 }
 
 impl Response {
@@ -36,7 +33,6 @@ impl Response {
             headers: Vec::new(),
             body,
             outcome: "ok",
-            close: false,
         }
     }
 
@@ -66,11 +62,6 @@ impl Response {
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
-        self
-    }
-
-    pub fn closing(mut self) -> Response {
-        self.close = true;
         self
     }
 

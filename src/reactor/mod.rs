@@ -162,8 +162,10 @@ fn is_resource_exhaustion(error: &io::Error) -> bool {
 
 pub struct Reactor {
     poll: Poll,
-    http_listener: TcpListener,
-    ws_listener: TcpListener,
+    /// Closed (taken) when shutdown begins, so newcomers are refused by
+    /// the kernel instead of waiting in a backlog nobody accepts from.
+    http_listener: Option<TcpListener>,
+    ws_listener: Option<TcpListener>,
     config: Config,
     api: Api,
     conns: Slab<Connection>,
@@ -232,8 +234,8 @@ impl Reactor {
         }
         Ok(Reactor {
             poll,
-            http_listener,
-            ws_listener,
+            http_listener: Some(http_listener),
+            ws_listener: Some(ws_listener),
             config,
             api,
             conns: Slab::new(),
@@ -328,15 +330,22 @@ impl Reactor {
     fn begin_shutdown(&mut self, now: Now) {
         log::info!("shutting down: {} connection(s) open", self.conns.len());
         self.shutdown_deadline = Some(now.mono + SHUTDOWN_GRACE);
-        let _ = self.poll.registry().deregister(&mut self.http_listener);
-        let _ = self.poll.registry().deregister(&mut self.ws_listener);
+        for listener in [self.http_listener.take(), self.ws_listener.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut listener = listener;
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.api.ws_close_all(now);
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
             match &mut conn.protocol {
-                Protocol::WebSocket(_) => {
+                Protocol::WebSocket(socket) => {
+                    socket.in_chat = false;
                     let frame = crate::ws::close_frame(
                         crate::ws::close_code::GOING_AWAY,
                         "server shutting down",
@@ -395,10 +404,14 @@ impl Reactor {
             return;
         }
         loop {
-            let accepted = match listener {
-                Listener::Http => self.http_listener.accept(),
-                Listener::Ws => self.ws_listener.accept(),
+            let socket = match listener {
+                Listener::Http => self.http_listener.as_ref(),
+                Listener::Ws => self.ws_listener.as_ref(),
             };
+            let Some(socket) = socket else {
+                return;
+            };
+            let accepted = socket.accept();
             match accepted {
                 Ok((socket, peer)) => self.admit_connection(socket, peer, listener, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -492,10 +505,12 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        let mut read_now = 0;
         loop {
-            if conn.inbuf.len() >= cap {
-                // Stop taking bytes until the protocol catches up; the
-                // kernel buffer and TCP flow control hold the rest.
+            if conn.inbuf.len() >= cap || read_now >= cap {
+                // Stop taking bytes until the protocol catches up (or, for a
+                // closing connection, until the next turn); the kernel
+                // buffer and TCP flow control hold the rest.
                 conn.read_paused = true;
                 break;
             }
@@ -508,6 +523,7 @@ impl Reactor {
                     conn.last_activity = now.mono;
                     conn.last_read = now.mono;
                     conn.bytes_in += n as u64;
+                    read_now += n;
                     self.metrics.bytes_in += n as u64;
                     if matches!(conn.protocol, Protocol::Closing) {
                         continue;
@@ -536,6 +552,8 @@ impl Reactor {
             Protocol::Closing => {
                 if conn.peer_closed {
                     self.remove(key, "peer closed");
+                } else if std::mem::take(&mut conn.read_paused) {
+                    self.resume_reads.push(key);
                 }
             }
         }
@@ -688,10 +706,7 @@ impl Reactor {
         let Protocol::Http(http) = &mut conn.protocol else {
             return;
         };
-        let keep_alive = shape.keep_alive
-            && !response.close
-            && !conn.peer_closed
-            && self.shutdown_deadline.is_none();
+        let keep_alive = shape.keep_alive && !conn.peer_closed && self.shutdown_deadline.is_none();
         self.metrics.count_request(shape.endpoint, response.outcome);
         conn.out.push(response.encode(
             shape.head_only,
@@ -803,7 +818,9 @@ impl Reactor {
                     Some(conn.last_activity + self.config.keep_alive_timeout)
                 }
             }
-            Protocol::WebSocket(ws) => Some(ws.deadline(conn.last_read, &self.config, now.mono)),
+            Protocol::WebSocket(ws) => {
+                Some(ws.deadline(conn.deadline, conn.last_read, &self.config, now.mono))
+            }
             Protocol::Closing => conn.deadline.or(Some(now.mono + LINGER)),
         };
         set_deadline(&mut self.timers, key, conn, deadline);
@@ -862,9 +879,11 @@ impl Reactor {
                     }
                 }
                 HelperEvent::Stored(completion) => {
-                    self.metrics
-                        .fsync_seconds
-                        .observe(completion.sync_micros as f64 / 1e6);
+                    if completion.first_in_group {
+                        self.metrics
+                            .fsync_seconds
+                            .observe(completion.sync_micros as f64 / 1e6);
+                    }
                     if completion.result.is_err() {
                         self.metrics.storage_failures += 1;
                     }

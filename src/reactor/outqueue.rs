@@ -10,6 +10,9 @@ use std::rc::Rc;
 /// kernel caps iovecs per call anyway (IOV_MAX is 1024 on Linux).
 const MAX_SLICES_PER_WRITE: usize = 64;
 
+/// Ring slots a drained queue may keep.
+const KEEP_CHUNK_SLOTS: usize = 8;
+
 #[derive(Debug)]
 enum Chunk {
     Owned(Vec<u8>),
@@ -125,8 +128,9 @@ impl OutQueue {
                 written = 0;
             }
         }
-        if self.chunks.is_empty() {
-            // An idle connection should not keep a grown ring buffer.
+        if self.chunks.is_empty() && self.chunks.capacity() > KEEP_CHUNK_SLOTS {
+            // An idle connection should not keep a grown ring buffer; a small
+            // one is kept so a steady stream of broadcasts does not allocate.
             self.chunks = VecDeque::new();
         }
     }

@@ -25,9 +25,17 @@ pub(super) struct WsConn {
 impl WsConn {
     /// When the connection next needs the timer: a ping after a quiet spell,
     /// the close after a long silence, or the end of a close's linger.
-    pub(super) fn deadline(&self, last_read: Instant, config: &Config, now: Instant) -> Instant {
+    /// `current` is the deadline already set: a close's linger is fixed
+    /// when the close starts, so a peer that keeps sending cannot push it.
+    pub(super) fn deadline(
+        &self,
+        current: Option<Instant>,
+        last_read: Instant,
+        config: &Config,
+        now: Instant,
+    ) -> Instant {
         if self.close_after_flush {
-            now + super::LINGER
+            current.unwrap_or(now + super::LINGER)
         } else if self.ping_outstanding {
             last_read + config.ws_idle_timeout
         } else {
@@ -53,6 +61,11 @@ impl Reactor {
             .iter()
             .map(|h| (h.name.as_str(), h.value.as_slice()));
         let accept = ws::validate_upgrade(&request.method, headers, &self.config.allowed_origins);
+        let accept = match accept {
+            Ok(_) if self.shutdown_deadline.is_some() => Err(None),
+            Ok(accept) => Ok(accept),
+            Err(refusal) => Err(Some(refusal)),
+        };
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -84,7 +97,17 @@ impl Reactor {
                 }
                 self.mark_dirty(key);
             }
-            Err(refusal) => {
+            Err(None) => {
+                let response = Response::res(503, "shutting down").with_header("Retry-After", "5");
+                let shape = ReplyShape {
+                    endpoint: crate::api::endpoint_label(request.path()),
+                    head_only: false,
+                    keep_alive: false,
+                    http10: request.minor_version == 0,
+                };
+                self.send_reply(key, shape, response);
+            }
+            Err(Some(refusal)) => {
                 let res = match refusal.status() {
                     403 => "forbidden",
                     426 => "upgrade required",
@@ -195,13 +218,15 @@ impl Reactor {
             return;
         }
         socket.close_after_flush = true;
+        let in_chat = std::mem::take(&mut socket.in_chat);
         conn.close_reason.get_or_insert(reason);
         conn.out.push(frame);
-        if std::mem::take(&mut socket.in_chat) {
+        // The linger starts now and does not move (see `WsConn::deadline`).
+        super::set_deadline(&mut self.timers, key, conn, Some(now.mono + super::LINGER));
+        if in_chat {
             self.api.ws_closed(conn_ref, now);
         }
         self.mark_dirty(key);
-        self.update_deadline(key, now);
     }
 
     /// A WebSocket's timer fired: ping it, or give up on it.
@@ -235,12 +260,24 @@ impl Reactor {
     /// whatever it is owed — broadcasts, pongs, errors — it must read, or
     /// it goes, and nobody else waits for it.
     fn enforce_outbound_limit(&mut self, key: usize, now: Now) {
+        let over = |reactor: &Reactor| {
+            reactor
+                .conns
+                .get(key)
+                .is_some_and(|conn| conn.out.pending_bytes() > reactor.config.max_outbound_bytes)
+        };
+        if !over(self) {
+            return;
+        }
+        // Only what the socket refuses counts: a reader that keeps up may be
+        // owed more than the limit within one turn.
+        self.flush(key, now);
+        if !over(self) {
+            return;
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.out.pending_bytes() <= self.config.max_outbound_bytes {
-            return;
-        }
         log::info!(
             "closing slow consumer {}: {} bytes unsent",
             conn.peer,

@@ -247,6 +247,8 @@ pub struct Completion {
     pub result: Result<(), String>,
     /// How long the write + fsync of the group this batch was in took.
     pub sync_micros: u64,
+    /// This batch opened its group: count the group's latency once, here.
+    pub first_in_group: bool,
 }
 
 /// The writer thread: appends records, fsyncs, reports completions.

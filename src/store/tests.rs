@@ -536,6 +536,11 @@ fn group_commit_shares_one_fsync() {
     );
     assert!(rest.iter().all(|c| c.result.is_ok()));
     assert!(rest.iter().all(|c| c.sync_micros == rest[0].sync_micros));
+    assert!(
+        rest[0].first_in_group,
+        "the group's first batch carries its latency"
+    );
+    assert!(rest[1..].iter().all(|c| !c.first_in_group));
     {
         let u = rig.users.lock().unwrap();
         assert_eq!(

@@ -191,11 +191,12 @@ fn run<F: JournalFile>(
         let result = committer.commit(&group);
         let sync_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
 
-        for (batch, _) in group {
+        for (index, (batch, _)) in group.into_iter().enumerate() {
             notify(Completion {
                 batch,
                 result: result.clone(),
                 sync_micros,
+                first_in_group: index == 0,
             });
         }
     }

@@ -29,7 +29,9 @@ pub enum HandshakeError {
     MissingConnectionToken,
     /// `Sec-WebSocket-Key` was absent, repeated, or not 16 base64-encoded bytes.
     InvalidKey,
-    /// `Sec-WebSocket-Version` was absent or not 13.
+    /// `Sec-WebSocket-Version` was absent: not a WebSocket client we can talk to.
+    MissingVersion,
+    /// `Sec-WebSocket-Version` named another version (or several).
     UnsupportedVersion,
     /// Origins are restricted and the request's `Origin` is absent or not allowed.
     OriginNotAllowed,
@@ -42,6 +44,7 @@ impl HandshakeError {
             HandshakeError::UnsupportedVersion => 426,
             HandshakeError::OriginNotAllowed => 403,
             HandshakeError::MethodNotGet
+            | HandshakeError::MissingVersion
             | HandshakeError::MissingUpgradeToken
             | HandshakeError::MissingConnectionToken
             | HandshakeError::InvalidKey => 400,
@@ -55,6 +58,7 @@ impl HandshakeError {
             HandshakeError::MissingUpgradeToken => "Upgrade header must include websocket",
             HandshakeError::MissingConnectionToken => "Connection header must include upgrade",
             HandshakeError::InvalidKey => "Sec-WebSocket-Key must be 16 bytes in base64",
+            HandshakeError::MissingVersion => "Sec-WebSocket-Version is required",
             HandshakeError::UnsupportedVersion => "Sec-WebSocket-Version must be 13",
             HandshakeError::OriginNotAllowed => "origin not allowed",
         }
@@ -159,6 +163,9 @@ where
         return Err(HandshakeError::MissingConnectionToken);
     }
     // Conflicting repeated versions are as unusable as a wrong one.
+    if versions_seen == 0 {
+        return Err(HandshakeError::MissingVersion);
+    }
     if versions_seen != 1 || !version_is_13 {
         return Err(HandshakeError::UnsupportedVersion);
     }
@@ -311,9 +318,12 @@ mod tests {
     }
 
     #[test]
-    fn other_or_missing_versions_are_426_naming_version_13() {
+    fn other_versions_are_426_naming_version_13_and_a_missing_one_is_400() {
         let headers = valid_headers();
-        for value in [None, Some(&b"8"[..]), Some(&b"14"[..]), Some(&b"13, 8"[..])] {
+        let missing = check(&replace(&headers, "sec-websocket-version", None)).unwrap_err();
+        assert_eq!(missing, HandshakeError::MissingVersion);
+        assert_eq!(missing.status(), 400);
+        for value in [Some(&b"8"[..]), Some(&b"14"[..]), Some(&b"13, 8"[..])] {
             let error = check(&replace(&headers, "sec-websocket-version", value)).unwrap_err();
             assert_eq!(error, HandshakeError::UnsupportedVersion);
             assert_eq!(error.status(), 426);
