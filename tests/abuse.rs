@@ -388,6 +388,8 @@ fn a_member_that_never_reads_is_cut_off_and_nobody_else_loses_a_message() {
         other => panic!("the slow member's connection was not closed: {other:?}"),
     }
     assert!(metric(addr, "chatroom_backpressure_closes_total") >= 1.0);
+    // The frames queued for it when it was cut off were dropped, and counted.
+    assert!(metric(addr, "chatroom_backpressure_dropped_frames_total") >= 1.0);
 }
 
 /// Pongs are output like any other: a client that sends pings as fast as it

@@ -484,6 +484,21 @@ fn idle_keep_alive_connection_is_closed() {
 }
 
 #[test]
+fn keep_alive_idleness_is_measured_from_the_last_request() {
+    // Requests every 1.5 s on a 3 s keep-alive: the connection outlives the
+    // timeout counted from when it opened, because it is never idle that
+    // long; the margins are wide so a busy machine does not matter.
+    let server = TestServer::start_with(|c| c.keep_alive_timeout = Duration::from_secs(3));
+    let mut conn = server.raw();
+    for _ in 0..4 {
+        assert_health(&conn.roundtrip(HEALTH));
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    assert_health(&conn.roundtrip(HEALTH));
+    conn.assert_closed();
+}
+
+#[test]
 fn a_connection_that_never_sends_is_closed() {
     let server = TestServer::start_with(|c| {
         c.keep_alive_timeout = Duration::from_millis(300);

@@ -54,9 +54,10 @@ fn users_and_rooms_survive_a_restart() {
 fn records_are_on_disk_when_acknowledged() {
     let server = TestServer::start();
     register_ok(server.addr, "13900000003", "durable", "password1");
-    create_room_ok(server.addr, "durable room");
-    // Read while the server is still running: the reply implies the write.
+    // Read right after each reply, with the server still running: the
+    // reply itself must imply the write.
     let users = fs::read_to_string(server.dir.path().join(USERS)).unwrap();
+    create_room_ok(server.addr, "durable room");
     let rooms = fs::read_to_string(server.dir.path().join(ROOMS)).unwrap();
     assert_eq!(users.lines().count(), 1, "{users:?}");
     assert!(users.ends_with('\n'));

@@ -273,14 +273,16 @@ fn fragmented_packet_is_reassembled() {
 #[test]
 fn close_is_echoed_then_tcp_closes() {
     let server = TestServer::start();
-    let mut raw = RawWs::connect(server.ws_addr(), "/");
-    let mut payload = 1000u16.to_be_bytes().to_vec();
-    payload.extend_from_slice(b"bye");
-    raw.send_raw(&masked(OP_CLOSE, &payload));
-    let close = raw.frame();
-    assert_eq!(close.opcode, OP_CLOSE, "{close:?}");
-    assert_eq!(close.close_code(), Some(1000));
-    raw.expect_eof();
+    for code in [1000u16, 1001, 3000, 4999] {
+        let mut raw = RawWs::connect(server.ws_addr(), "/");
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        raw.send_raw(&masked(OP_CLOSE, &payload));
+        let close = raw.frame();
+        assert_eq!(close.opcode, OP_CLOSE, "{close:?}");
+        assert_eq!(close.close_code(), Some(code), "the peer's code is echoed");
+        raw.expect_eof();
+    }
 }
 
 #[test]
@@ -670,4 +672,59 @@ fn an_upgrade_completed_during_shutdown_is_refused_with_503() {
     raw.expect_eof();
     stopping.join().expect("stop thread").expect("clean stop");
     drop(dir);
+}
+
+fn metric_value(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no sample for {name} in\n{text}"))
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut raw = RawWs::tcp(addr);
+    raw.send_request("/metrics", &[]);
+    String::from_utf8(raw.read_reply().body).expect("UTF-8 metrics")
+}
+
+#[test]
+fn metrics_count_upgrades_messages_and_bytes() {
+    let server = TestServer::start();
+    let before = scrape(server.http_addr());
+    assert_eq!(
+        metric_value(&before, "chatroom_websocket_upgrades_total"),
+        0
+    );
+    let bytes_before = metric_value(&before, "chatroom_bytes_in_total");
+
+    let mut chat_port = RawWs::connect(server.ws_addr(), "/");
+    let mut api_port = RawWs::connect(server.http_addr(), "/ws");
+    let mut sent = 0;
+    for text in ["not json", "[]", "{}"] {
+        let frame = masked(OP_TEXT, text.as_bytes());
+        sent += frame.len();
+        chat_port.send_raw(&frame);
+    }
+    let binary = masked(OP_BINARY, b"\x00\x01");
+    sent += binary.len();
+    api_port.send_raw(&binary);
+    // Each packet earns an error packet: four frames out in all.
+    for _ in 0..3 {
+        assert_eq!(chat_port.recv()["type"], "error");
+    }
+    assert_eq!(api_port.recv()["type"], "error");
+
+    let after = scrape(server.http_addr());
+    assert_eq!(metric_value(&after, "chatroom_websocket_upgrades_total"), 2);
+    assert_eq!(metric_value(&after, "chatroom_ws_messages_in_total"), 4);
+    assert_eq!(metric_value(&after, "chatroom_ws_messages_out_total"), 4);
+    assert_eq!(
+        metric_value(&after, "chatroom_open_connections_websocket"),
+        2
+    );
+    let bytes_in = metric_value(&after, "chatroom_bytes_in_total") - bytes_before;
+    assert!(
+        bytes_in >= sent as u64,
+        "{bytes_in} bytes in, {sent} sent as frames alone"
+    );
 }
