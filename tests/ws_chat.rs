@@ -578,3 +578,16 @@ fn chat_works_over_the_http_port_at_ws() {
     via_http.expect("msg", "b", "r", "from the chat port");
     server.assert_healthy();
 }
+
+#[test]
+fn an_admission_into_an_empty_room_makes_the_first_join_a_join() {
+    let server = TestServer::start();
+    server.register("first", "");
+    server.create_room("fresh");
+    // The original flow: admit over HTTP, then join over the WebSocket.
+    assert_eq!(server.room("fresh", "first", 1), "join chatroom");
+    let mut client = server.client();
+    client.join("first", "fresh");
+    client.expect("user", "first", "fresh", "join");
+    assert_eq!(server.population("fresh"), 1);
+}
