@@ -2,48 +2,21 @@
 //! produce the same events however the stream is split across reads.
 #![no_main]
 
+#[path = "../common/split.rs"]
+mod split;
+
 use chatroom::http::request::{Event, HttpError, HttpLimits, RequestParser};
 use libfuzzer_sys::fuzz_target;
 
-/// Feeds `data` in pieces of the given sizes (cycled), keeping unconsumed
-/// bytes the way the reactor does.
+const LIMITS: HttpLimits = HttpLimits {
+    max_head_bytes: 1024,
+    max_headers: 16,
+    max_body_bytes: 4096,
+};
+
 fn run(data: &[u8], pieces: &[usize]) -> (Vec<Event>, Option<HttpError>) {
-    let limits = HttpLimits {
-        max_head_bytes: 1024,
-        max_headers: 16,
-        max_body_bytes: 4096,
-    };
-    let mut parser = RequestParser::new(limits);
-    let mut pending: Vec<u8> = Vec::new();
-    let mut events = Vec::new();
-    let mut offset = 0;
-    let mut piece = 0;
-    while offset < data.len() {
-        let size = pieces
-            .get(piece % pieces.len().max(1))
-            .copied()
-            .unwrap_or(1)
-            .max(1);
-        piece += 1;
-        let end = (offset + size).min(data.len());
-        pending.extend_from_slice(&data[offset..end]);
-        offset = end;
-        loop {
-            match parser.parse(&pending) {
-                Ok((used, event)) => {
-                    assert!(used <= pending.len(), "consumed more than it was given");
-                    pending.drain(..used);
-                    match event {
-                        Some(event) => events.push(event),
-                        None if used == 0 => break,
-                        None => {}
-                    }
-                }
-                Err(error) => return (events, Some(error)),
-            }
-        }
-    }
-    (events, None)
+    let mut parser = RequestParser::new(LIMITS);
+    split::feed_in_pieces(data, pieces, |input| parser.parse(input))
 }
 
 fuzz_target!(|input: (Vec<u8>, Vec<u8>)| {

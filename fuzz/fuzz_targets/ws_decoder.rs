@@ -3,6 +3,9 @@
 //! stream is split.
 #![no_main]
 
+#[path = "../common/split.rs"]
+mod split;
+
 use chatroom::ws::{Decoder, Event, Limits, WsError};
 use libfuzzer_sys::fuzz_target;
 
@@ -13,50 +16,16 @@ const LIMITS: Limits = Limits {
 
 fn run(data: &[u8], pieces: &[usize]) -> (Vec<Event>, Option<WsError>) {
     let mut decoder = Decoder::new(LIMITS);
-    let mut pending: Vec<u8> = Vec::new();
-    let mut events = Vec::new();
-    let mut offset = 0;
-    let mut piece = 0;
-    while offset < data.len() {
-        let size = pieces
-            .get(piece % pieces.len().max(1))
-            .copied()
-            .unwrap_or(1)
-            .max(1);
-        piece += 1;
-        let end = (offset + size).min(data.len());
-        pending.extend_from_slice(&data[offset..end]);
-        offset = end;
-        loop {
-            match decoder.decode(&pending) {
-                Ok((used, event)) => {
-                    assert!(used <= pending.len(), "consumed more than it was given");
-                    pending.drain(..used);
-                    match event {
-                        Some(event) => {
-                            match &event {
-                                Event::Text(text) => {
-                                    assert!(text.len() <= LIMITS.max_message_bytes)
-                                }
-                                Event::Binary(bytes) => {
-                                    assert!(bytes.len() <= LIMITS.max_message_bytes)
-                                }
-                                Event::Ping(bytes) | Event::Pong(bytes) => {
-                                    assert!(bytes.len() <= 125)
-                                }
-                                Event::Close { .. } => {}
-                            }
-                            events.push(event);
-                        }
-                        None if used == 0 => break,
-                        None => {}
-                    }
-                }
-                Err(error) => return (events, Some(error)),
-            }
+    let outcome = split::feed_in_pieces(data, pieces, |input| decoder.decode(input));
+    for event in &outcome.0 {
+        match event {
+            Event::Text(text) => assert!(text.len() <= LIMITS.max_message_bytes),
+            Event::Binary(bytes) => assert!(bytes.len() <= LIMITS.max_message_bytes),
+            Event::Ping(bytes) | Event::Pong(bytes) => assert!(bytes.len() <= 125),
+            Event::Close { .. } => {}
         }
     }
-    (events, None)
+    outcome
 }
 
 fuzz_target!(|input: (Vec<u8>, Vec<u8>)| {
