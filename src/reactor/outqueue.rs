@@ -100,7 +100,14 @@ impl OutQueue {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => {
                     written_total += written;
+                    let offered: usize = slices[..count].iter().map(|s| s.len()).sum();
                     self.advance(written);
+                    // TCP writes short only when the send buffer is full, and
+                    // then a writable edge follows once it drains: no need to
+                    // hear EAGAIN from another syscall.
+                    if written < offered {
+                        return Ok((written_total, Flushed::Blocked));
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok((written_total, Flushed::Blocked))
@@ -182,6 +189,22 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_short_write_reports_blocked_without_asking_again() {
+        let mut queue = OutQueue::default();
+        queue.push(b"0123456789".to_vec());
+        let mut sink = Trickle {
+            written: Vec::new(),
+            budget: 4,
+            calls: 0,
+            block_every: usize::MAX,
+        };
+        let (written, how) = queue.flush_to(&mut sink).unwrap();
+        assert_eq!((written, how), (4, Flushed::Blocked));
+        assert_eq!(sink.calls, 1, "a short write means the buffer is full");
+        assert_eq!(queue.pending_bytes(), 6);
     }
 
     #[test]
