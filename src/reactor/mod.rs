@@ -28,7 +28,7 @@ use crate::metrics::{Gauges, Metrics};
 use crate::store::{Completion, DataDir, Writer};
 use signal_hook_mio::v1_0::Signals;
 
-pub use outqueue::{Flushed, OutQueue};
+pub use outqueue::{Flushed, OutQueue, SpareRings};
 use timers::Timers;
 use websocket::WsConn;
 
@@ -191,6 +191,7 @@ pub struct Reactor {
     _data_dir: DataDir,
     stop: Arc<AtomicBool>,
     scratch: Vec<u8>,
+    spare_rings: SpareRings,
     dirty: Vec<usize>,
     resume_reads: Vec<usize>,
     accept_paused_until: Option<Instant>,
@@ -261,6 +262,7 @@ impl Reactor {
             _data_dir: data_dir,
             stop,
             scratch: vec![0; READ_CHUNK],
+            spare_rings: SpareRings::default(),
             dirty: Vec::new(),
             resume_reads: Vec::new(),
             accept_paused_until: None,
@@ -621,7 +623,7 @@ impl Reactor {
                         }
                         Some(HttpEvent::ContinueExpected) => {
                             http.request_started = Some(now.mono);
-                            conn.out.push(CONTINUE.to_vec());
+                            conn.out.push(CONTINUE.to_vec(), &mut self.spare_rings);
                             self.mark_dirty(key);
                         }
                         Some(HttpEvent::Request(request)) => {
@@ -684,8 +686,10 @@ impl Reactor {
         conn.close_reason = Some(error.reason());
         http.request_started = None;
         conn.inbuf = Vec::new();
-        conn.out
-            .push(response.encode(false, false, false, &self.config.cors_origin));
+        conn.out.push(
+            response.encode(false, false, false, &self.config.cors_origin),
+            &mut self.spare_rings,
+        );
         self.mark_dirty(key);
     }
 
@@ -731,12 +735,15 @@ impl Reactor {
         };
         let keep_alive = shape.keep_alive && !conn.peer_closed && self.shutdown_deadline.is_none();
         self.metrics.count_request(shape.endpoint, response.outcome);
-        conn.out.push(response.encode(
-            shape.head_only,
-            keep_alive,
-            shape.http10,
-            &self.config.cors_origin,
-        ));
+        conn.out.push(
+            response.encode(
+                shape.head_only,
+                keep_alive,
+                shape.http10,
+                &self.config.cors_origin,
+            ),
+            &mut self.spare_rings,
+        );
         if !keep_alive {
             http.close_after_flush = true;
             conn.close_reason
@@ -881,8 +888,10 @@ impl Reactor {
                 conn.close_reason = Some("request timeout");
                 http.request_started = None;
                 conn.inbuf = Vec::new();
-                conn.out
-                    .push(response.encode(false, false, false, &self.config.cors_origin));
+                conn.out.push(
+                    response.encode(false, false, false, &self.config.cors_origin),
+                    &mut self.spare_rings,
+                );
                 set_deadline(&mut self.timers, key, conn, Some(now.mono + LINGER));
                 self.mark_dirty(key);
             }
@@ -963,7 +972,7 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let result = conn.out.flush_to(&mut conn.socket);
+        let result = conn.out.flush_to(&mut conn.socket, &mut self.spare_rings);
         let blocked = match result {
             Ok((written, how)) => {
                 if written > 0 {
@@ -1019,7 +1028,7 @@ impl Reactor {
     /// Used at shutdown: one non-blocking attempt to send what is queued.
     fn flush_quietly(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {
-            let _ = conn.out.flush_to(&mut conn.socket);
+            let _ = conn.out.flush_to(&mut conn.socket, &mut self.spare_rings);
         }
     }
 

@@ -1,6 +1,12 @@
 //! A connection's unsent output: owned chunks (responses) and shared ones
 //! (a broadcast frame queued by every recipient), flushed with vectored
 //! writes.
+//!
+//! A drained queue holds no memory: its ring goes back to a pool the
+//! reactor shares between connections, and the next queue to receive output
+//! takes it from there. Idle connections then cost nothing here, and a
+//! broadcast to a thousand recipients reuses the thousand rings of the last
+//! one instead of allocating per recipient.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -10,8 +16,39 @@ use std::rc::Rc;
 /// kernel caps iovecs per call anyway (IOV_MAX is 1024 on Linux).
 const MAX_SLICES_PER_WRITE: usize = 64;
 
-/// Ring slots a drained queue may keep.
-const KEEP_CHUNK_SLOTS: usize = 8;
+/// Rings kept for reuse: enough for every recipient of a broadcast to a
+/// full default-sized room several times over; past it rings are freed.
+const MAX_SPARE_RINGS: usize = 1024;
+
+/// A ring that grew past this many slots (a backlog) is freed, not pooled.
+const MAX_POOLED_SLOTS: usize = MAX_SLICES_PER_WRITE;
+
+/// Empty rings from drained queues, for the next queue that needs one.
+#[derive(Debug, Default)]
+pub struct SpareRings {
+    rings: Vec<VecDeque<Chunk>>,
+}
+
+impl SpareRings {
+    fn take(&mut self) -> VecDeque<Chunk> {
+        self.rings.pop().unwrap_or_default()
+    }
+
+    fn give_back(&mut self, ring: VecDeque<Chunk>) {
+        debug_assert!(ring.is_empty());
+        if ring.capacity() > 0
+            && ring.capacity() <= MAX_POOLED_SLOTS
+            && self.rings.len() < MAX_SPARE_RINGS
+        {
+            self.rings.push(ring);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.rings.len()
+    }
+}
 
 #[derive(Debug)]
 enum Chunk {
@@ -46,18 +83,24 @@ pub enum Flushed {
 }
 
 impl OutQueue {
-    pub fn push(&mut self, bytes: Vec<u8>) {
+    pub fn push(&mut self, bytes: Vec<u8>, spares: &mut SpareRings) {
         if !bytes.is_empty() {
-            self.pending += bytes.len();
-            self.chunks.push_back(Chunk::Owned(bytes));
+            self.push_chunk(Chunk::Owned(bytes), spares);
         }
     }
 
-    pub fn push_shared(&mut self, bytes: Rc<[u8]>) {
+    pub fn push_shared(&mut self, bytes: Rc<[u8]>, spares: &mut SpareRings) {
         if !bytes.is_empty() {
-            self.pending += bytes.len();
-            self.chunks.push_back(Chunk::Shared(bytes));
+            self.push_chunk(Chunk::Shared(bytes), spares);
         }
+    }
+
+    fn push_chunk(&mut self, chunk: Chunk, spares: &mut SpareRings) {
+        if self.chunks.capacity() == 0 {
+            self.chunks = spares.take();
+        }
+        self.pending += chunk.bytes().len();
+        self.chunks.push_back(chunk);
     }
 
     /// Bytes queued and not yet written.
@@ -85,7 +128,11 @@ impl OutQueue {
 
     /// Writes until the queue is empty or `out` would block. Returns the
     /// number of bytes written alongside how it ended.
-    pub fn flush_to(&mut self, out: &mut impl Write) -> io::Result<(usize, Flushed)> {
+    pub fn flush_to(
+        &mut self,
+        out: &mut impl Write,
+        spares: &mut SpareRings,
+    ) -> io::Result<(usize, Flushed)> {
         let mut written_total = 0;
         while !self.chunks.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES_PER_WRITE];
@@ -101,7 +148,7 @@ impl OutQueue {
                 Ok(written) => {
                     written_total += written;
                     let offered: usize = slices[..count].iter().map(|s| s.len()).sum();
-                    self.advance(written);
+                    self.advance(written, spares);
                     // TCP writes short only when the send buffer is full, and
                     // then a writable edge follows once it drains: no need to
                     // hear EAGAIN from another syscall.
@@ -119,7 +166,7 @@ impl OutQueue {
         Ok((written_total, Flushed::All))
     }
 
-    fn advance(&mut self, mut written: usize) {
+    fn advance(&mut self, mut written: usize, spares: &mut SpareRings) {
         self.pending = self.pending.saturating_sub(written);
         while written > 0 {
             let Some(front) = self.chunks.front() else {
@@ -135,10 +182,8 @@ impl OutQueue {
                 written = 0;
             }
         }
-        if self.chunks.is_empty() && self.chunks.capacity() > KEEP_CHUNK_SLOTS {
-            // An idle connection should not keep a grown ring buffer; a small
-            // one is kept so a steady stream of broadcasts does not allocate.
-            self.chunks = VecDeque::new();
+        if self.chunks.is_empty() {
+            spares.give_back(std::mem::take(&mut self.chunks));
         }
     }
 }
@@ -193,15 +238,16 @@ mod tests {
 
     #[test]
     fn a_short_write_reports_blocked_without_asking_again() {
+        let mut spares = SpareRings::default();
         let mut queue = OutQueue::default();
-        queue.push(b"0123456789".to_vec());
+        queue.push(b"0123456789".to_vec(), &mut spares);
         let mut sink = Trickle {
             written: Vec::new(),
             budget: 4,
             calls: 0,
             block_every: usize::MAX,
         };
-        let (written, how) = queue.flush_to(&mut sink).unwrap();
+        let (written, how) = queue.flush_to(&mut sink, &mut spares).unwrap();
         assert_eq!((written, how), (4, Flushed::Blocked));
         assert_eq!(sink.calls, 1, "a short write means the buffer is full");
         assert_eq!(queue.pending_bytes(), 6);
@@ -209,13 +255,14 @@ mod tests {
 
     #[test]
     fn partial_writes_keep_order_across_owned_and_shared_chunks() {
+        let mut spares = SpareRings::default();
         let mut queue = OutQueue::default();
         let shared: Rc<[u8]> = Rc::from(&b"-shared-"[..]);
-        queue.push(b"first".to_vec());
-        queue.push_shared(Rc::clone(&shared));
-        queue.push(Vec::new());
-        queue.push(b"last".to_vec());
-        queue.push_shared(shared);
+        queue.push(b"first".to_vec(), &mut spares);
+        queue.push_shared(Rc::clone(&shared), &mut spares);
+        queue.push(Vec::new(), &mut spares);
+        queue.push(b"last".to_vec(), &mut spares);
+        queue.push_shared(shared, &mut spares);
         assert_eq!(queue.pending_bytes(), 25);
         let mut sink = Trickle {
             written: Vec::new(),
@@ -225,7 +272,7 @@ mod tests {
         };
         let mut rounds = 0;
         loop {
-            let (_, how) = queue.flush_to(&mut sink).unwrap();
+            let (_, how) = queue.flush_to(&mut sink, &mut spares).unwrap();
             rounds += 1;
             if how == Flushed::All {
                 break;
@@ -239,24 +286,28 @@ mod tests {
 
     #[test]
     fn discarding_keeps_a_partly_written_chunk_whole() {
+        let mut spares = SpareRings::default();
         let mut queue = OutQueue::default();
-        queue.push(b"abcdef".to_vec());
-        queue.push(b"ghi".to_vec());
+        queue.push(b"abcdef".to_vec(), &mut spares);
+        queue.push(b"ghi".to_vec(), &mut spares);
         let mut sink = Trickle {
             written: Vec::new(),
             budget: 2,
             calls: 0,
             block_every: 2,
         };
-        assert_eq!(queue.flush_to(&mut sink).unwrap(), (2, Flushed::Blocked));
+        assert_eq!(
+            queue.flush_to(&mut sink, &mut spares).unwrap(),
+            (2, Flushed::Blocked)
+        );
         queue.discard_unsent();
         assert_eq!(queue.pending_bytes(), 4);
-        queue.push(b"!".to_vec());
-        while queue.flush_to(&mut sink).unwrap().1 == Flushed::Blocked {}
+        queue.push(b"!".to_vec(), &mut spares);
+        while queue.flush_to(&mut sink, &mut spares).unwrap().1 == Flushed::Blocked {}
         assert_eq!(sink.written, b"abcdef!");
 
         let mut untouched = OutQueue::default();
-        untouched.push(b"abc".to_vec());
+        untouched.push(b"abc".to_vec(), &mut spares);
         untouched.discard_unsent();
         assert!(untouched.is_empty());
     }
@@ -272,8 +323,54 @@ mod tests {
                 Ok(())
             }
         }
+        let mut spares = SpareRings::default();
         let mut queue = OutQueue::default();
-        queue.push(b"x".to_vec());
-        assert!(queue.flush_to(&mut Closed).is_err());
+        queue.push(b"x".to_vec(), &mut spares);
+        assert!(queue.flush_to(&mut Closed, &mut spares).is_err());
+    }
+
+    #[test]
+    fn a_drained_queue_hands_its_ring_to_the_next_queue() {
+        let mut spares = SpareRings::default();
+        let mut first = OutQueue::default();
+        let frame: Rc<[u8]> = Rc::from(&b"frame"[..]);
+        for _ in 0..4 {
+            first.push_shared(Rc::clone(&frame), &mut spares);
+        }
+        let mut sink = Trickle {
+            written: Vec::new(),
+            budget: usize::MAX,
+            calls: 0,
+            block_every: usize::MAX,
+        };
+        assert_eq!(
+            first.flush_to(&mut sink, &mut spares).unwrap().1,
+            Flushed::All
+        );
+        assert_eq!(first.chunks.capacity(), 0, "an idle queue holds no ring");
+        assert_eq!(spares.len(), 1);
+
+        let mut second = OutQueue::default();
+        second.push_shared(frame, &mut spares);
+        assert_eq!(spares.len(), 0, "the pooled ring was reused");
+        assert!(second.chunks.capacity() >= 4);
+    }
+
+    #[test]
+    fn a_backlog_ring_is_freed_not_pooled() {
+        let mut spares = SpareRings::default();
+        let mut queue = OutQueue::default();
+        for _ in 0..=MAX_POOLED_SLOTS {
+            queue.push(b"x".to_vec(), &mut spares);
+        }
+        let mut sink = Trickle {
+            written: Vec::new(),
+            budget: usize::MAX,
+            calls: 0,
+            block_every: usize::MAX,
+        };
+        while queue.flush_to(&mut sink, &mut spares).unwrap().1 == Flushed::Blocked {}
+        assert!(queue.is_empty());
+        assert_eq!(spares.len(), 0);
     }
 }

@@ -71,7 +71,10 @@ impl Reactor {
         };
         match accept {
             Ok(accept) => {
-                conn.out.push(ws::switching_protocols_response(&accept));
+                conn.out.push(
+                    ws::switching_protocols_response(&accept),
+                    &mut self.spare_rings,
+                );
                 let in_chat = self.config.ws_mode == WsMode::Chat;
                 conn.protocol = Protocol::WebSocket(WsConn {
                     decoder: Decoder::new(self.config.ws_limits),
@@ -169,19 +172,22 @@ impl Reactor {
                 WsEvent::Text(text) => match self.config.ws_mode {
                     WsMode::Chat => self.api.ws_text(conn_ref, &text, now),
                     WsMode::Echo => {
-                        conn.out.push(ws::text_frame(text.as_bytes()));
+                        conn.out
+                            .push(ws::text_frame(text.as_bytes()), &mut self.spare_rings);
                         self.enforce_outbound_limit(key, now);
                     }
                 },
                 WsEvent::Binary(data) => match self.config.ws_mode {
                     WsMode::Chat => self.api.ws_binary(conn_ref, now),
                     WsMode::Echo => {
-                        conn.out.push(ws::binary_frame(&data));
+                        conn.out
+                            .push(ws::binary_frame(&data), &mut self.spare_rings);
                         self.enforce_outbound_limit(key, now);
                     }
                 },
                 WsEvent::Ping(payload) => {
-                    conn.out.push(ws::pong_frame(&payload));
+                    conn.out
+                        .push(ws::pong_frame(&payload), &mut self.spare_rings);
                     self.enforce_outbound_limit(key, now);
                 }
                 WsEvent::Pong(_) => {}
@@ -220,7 +226,7 @@ impl Reactor {
         socket.close_after_flush = true;
         let in_chat = std::mem::take(&mut socket.in_chat);
         conn.close_reason.get_or_insert(reason);
-        conn.out.push(frame);
+        conn.out.push(frame, &mut self.spare_rings);
         // The linger starts now and does not move (see `WsConn::deadline`).
         super::set_deadline(&mut self.timers, key, conn, Some(now.mono + super::LINGER));
         if in_chat {
@@ -250,7 +256,7 @@ impl Reactor {
             );
         } else {
             socket.ping_outstanding = true;
-            conn.out.push(ws::ping_frame(b""));
+            conn.out.push(ws::ping_frame(b""), &mut self.spare_rings);
             self.mark_dirty(key);
             self.update_deadline(key, now);
         }
@@ -313,7 +319,7 @@ impl Reactor {
                 if conn.generation != generation || socket.close_after_flush {
                     continue;
                 }
-                conn.out.push_shared(frame);
+                conn.out.push_shared(frame, &mut self.spare_rings);
                 self.metrics.ws_messages_out += 1;
                 self.mark_dirty(key);
                 self.enforce_outbound_limit(key, now);
