@@ -108,7 +108,9 @@ enum Listener {
 
 #[derive(Debug)]
 enum Protocol {
-    Http(HttpConn),
+    /// Boxed: the request parser is twice the size of a WebSocket's state,
+    /// and every held WebSocket would otherwise pay for it in the slab.
+    Http(Box<HttpConn>),
     WebSocket(WsConn),
     /// Output is flushed and the write side shut; input is drained until EOF
     /// or the linger deadline.
@@ -496,13 +498,13 @@ impl Reactor {
             generation,
             inbuf: Vec::new(),
             out: OutQueue::default(),
-            protocol: Protocol::Http(HttpConn {
+            protocol: Protocol::Http(Box::new(HttpConn {
                 parser: RequestParser::new(self.config.http_limits),
                 request_started: None,
                 awaiting: None,
                 received_a_request: false,
                 close_after_flush: false,
-            }),
+            })),
             deadline: None,
             last_activity: now.mono,
             last_read: now.mono,
