@@ -6,6 +6,7 @@
 //! cargo bench --bench alloc                   # the table; exits 1 past the thresholds
 //! cargo bench --bench alloc -- --quick        # a fifth of the messages (a smoke run)
 //! cargo bench --bench alloc -- --sizes        # also the commonest allocation sizes
+//! cargo bench --bench alloc -- --members 10,2000   # other room sizes
 //! ```
 //!
 //! The server runs in-process on this program's main thread, the only thread
@@ -599,6 +600,27 @@ const MAX_GROWTH_PER_MESSAGE: f64 = 2.0;
 const WINDOWS: [usize; 2] = [1, 32];
 const ROOM_SIZES: [usize; 3] = [10, 100, 1000];
 
+/// `--members 10,2000` replaces the room sizes; the thresholds then apply
+/// to the first and the last.
+fn room_sizes(args: &[String]) -> Vec<usize> {
+    let Some(list) = args
+        .iter()
+        .position(|arg| arg == "--members")
+        .and_then(|at| args.get(at + 1))
+    else {
+        return ROOM_SIZES.to_vec();
+    };
+    let sizes: Vec<usize> = list
+        .split(',')
+        .map(|size| match size.trim().parse() {
+            Ok(size) if (1..=10_000).contains(&size) => size,
+            _ => panic!("--members takes room sizes from 1 to 10000, e.g. 10,2000"),
+        })
+        .collect();
+    assert!(!sizes.is_empty(), "--members needs at least one size");
+    sizes
+}
+
 /// The phases for one room size. Window 1 is lockstep: each message reaches
 /// everyone before the next is sent, so every reactor turn carries one frame
 /// per recipient. Window 32 lets bursts of messages reach the server in one
@@ -626,8 +648,9 @@ fn main() -> ExitCode {
     let sizes_wanted = args.iter().any(|arg| arg == "--sizes");
     let scale = if quick { 5 } else { 1 };
     let began = Instant::now();
+    let room_sizes = room_sizes(&args);
 
-    let mut rows: Vec<BroadcastRow> = ROOM_SIZES
+    let mut rows: Vec<BroadcastRow> = room_sizes
         .iter()
         .flat_map(|&members| broadcast(members, phases_for(members, scale)))
         .collect();
@@ -641,7 +664,8 @@ fn main() -> ExitCode {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failures = Vec::new();
-    let largest = ROOM_SIZES[ROOM_SIZES.len() - 1];
+    let smallest = room_sizes[0];
+    let largest = room_sizes[room_sizes.len() - 1];
     for row in &rows {
         let msgs = row.messages as f64;
         let deliveries = msgs * row.members as f64;
@@ -674,12 +698,11 @@ fn main() -> ExitCode {
                 .find(|row| row.window == window && row.members == members)
                 .map(|row| row.tally.events() as f64 / row.messages as f64)
         };
-        if let (Some(small), Some(large)) = (per_message(ROOM_SIZES[0]), per_message(largest)) {
+        if let (Some(small), Some(large)) = (per_message(smallest), per_message(largest)) {
             if large > small + MAX_GROWTH_PER_MESSAGE {
                 failures.push(format!(
                     "window {window}: allocation events per message grow with the room: \
-                     {small:.2} at {} members, {large:.2} at {largest}",
-                    ROOM_SIZES[0]
+                     {small:.2} at {smallest} members, {large:.2} at {largest}"
                 ));
             }
         }
@@ -702,8 +725,7 @@ fn main() -> ExitCode {
     println!("(the HTTP row's per-message columns are per request)");
     println!(
         "thresholds: events per delivery at {largest} members <= {MAX_EVENTS_PER_DELIVERY}; \
-         events per message may grow by at most {MAX_GROWTH_PER_MESSAGE} from {} to {largest} members",
-        ROOM_SIZES[0]
+         events per message may grow by at most {MAX_GROWTH_PER_MESSAGE} from {smallest} to {largest} members"
     );
     println!("took {:.1} s", began.elapsed().as_secs_f64());
     if failures.is_empty() {
