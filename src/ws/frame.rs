@@ -140,7 +140,10 @@ pub(crate) fn parse_client_header(
 /// frame's payload (so a payload that arrives in pieces is unmasked correctly).
 ///
 /// Works a 64-bit word at a time: masking is the hottest loop on the receive path.
-pub(crate) fn unmask(data: &mut [u8], mask: [u8; 4], offset: usize) {
+///
+/// Public only so `benches/micro.rs` can time it apart from the decoder.
+#[doc(hidden)]
+pub fn unmask(data: &mut [u8], mask: [u8; 4], offset: usize) {
     let phase = [
         mask[offset % 4],
         mask[(offset + 1) % 4],
