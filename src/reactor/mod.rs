@@ -84,6 +84,30 @@ struct HttpConn {
     close_after_flush: bool,
 }
 
+/// The input buffer of the last connection whose input was all consumed,
+/// for the next one that reads: an idle connection keeps no buffer, and a
+/// stream of whole messages does not allocate one per read either.
+#[derive(Debug, Default)]
+struct SpareBuffer(Vec<u8>);
+
+impl SpareBuffer {
+    /// Larger buffers (a big upload) are freed rather than kept.
+    const MAX_KEPT: usize = 64 * 1024;
+
+    fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.0)
+    }
+
+    /// Takes an emptied buffer from a connection, which is left with none.
+    fn recycle(&mut self, buffer: &mut Vec<u8>) {
+        let buffer = std::mem::take(buffer);
+        if buffer.capacity() <= Self::MAX_KEPT && buffer.capacity() > self.0.capacity() {
+            self.0 = buffer;
+            self.0.clear();
+        }
+    }
+}
+
 /// How far a readiness event lets us read before stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadUntil {
@@ -127,6 +151,8 @@ struct Connection {
     protocol: Protocol,
     /// When this connection next needs attention from the timer.
     deadline: Option<Instant>,
+    /// Where its entry in the timer set is: at or before `deadline`.
+    armed: Option<Instant>,
     /// Last read or write: what keep-alive idleness is measured from.
     last_activity: Instant,
     /// Last read: what WebSocket silence is measured from.
@@ -164,9 +190,18 @@ fn split_conn_ref(conn: ConnRef) -> (usize, u32) {
     ((conn & 0xffff_ffff) as usize, (conn >> 32) as u32)
 }
 
+/// Deadlines move lazily: most moves push a deadline later (every read of
+/// a WebSocket, every keep-alive request), and those leave the timer entry
+/// where it is. It fires early, finds the deadline moved, and re-arms; only
+/// a deadline earlier than the armed one touches the timer set at once.
 fn set_deadline(timers: &mut Timers, key: usize, conn: &mut Connection, deadline: Option<Instant>) {
-    timers.reschedule(key, conn.generation, conn.deadline, deadline);
     conn.deadline = deadline;
+    if let Some(at) = deadline {
+        if conn.armed.is_none_or(|armed| at < armed) {
+            timers.reschedule(key, conn.generation, conn.armed, Some(at));
+            conn.armed = Some(at);
+        }
+    }
 }
 
 fn is_resource_exhaustion(error: &io::Error) -> bool {
@@ -194,6 +229,7 @@ pub struct Reactor {
     stop: Arc<AtomicBool>,
     scratch: Vec<u8>,
     spare_rings: SpareRings,
+    spare_inbuf: SpareBuffer,
     dirty: Vec<usize>,
     resume_reads: Vec<usize>,
     accept_paused_until: Option<Instant>,
@@ -265,6 +301,7 @@ impl Reactor {
             stop,
             scratch: vec![0; READ_CHUNK],
             spare_rings: SpareRings::default(),
+            spare_inbuf: SpareBuffer::default(),
             dirty: Vec::new(),
             resume_reads: Vec::new(),
             accept_paused_until: None,
@@ -506,6 +543,7 @@ impl Reactor {
                 close_after_flush: false,
             })),
             deadline: None,
+            armed: None,
             last_activity: now.mono,
             last_read: now.mono,
             write_blocked: false,
@@ -551,6 +589,9 @@ impl Reactor {
                     read_now += n;
                     self.metrics.bytes_in += n as u64;
                     if !matches!(conn.protocol, Protocol::Closing) {
+                        if conn.inbuf.capacity() == 0 {
+                            conn.inbuf = self.spare_inbuf.take();
+                        }
                         conn.inbuf.extend_from_slice(&self.scratch[..n]);
                     }
                     if until == ReadUntil::ShortRead && n < self.scratch.len() {
@@ -646,8 +687,7 @@ impl Reactor {
                 conn.inbuf.drain(..consumed.min(conn.inbuf.len()));
             }
             if conn.inbuf.is_empty() {
-                // An idle connection keeps no buffer.
-                conn.inbuf = Vec::new();
+                self.spare_inbuf.recycle(&mut conn.inbuf);
             }
         }
         if let Some(error) = failure {
@@ -866,8 +906,18 @@ impl Reactor {
             if conn.generation != generation {
                 continue;
             }
-            conn.deadline = None;
-            self.on_deadline(key, now);
+            conn.armed = None;
+            match conn.deadline {
+                Some(at) if at <= now.mono => {
+                    conn.deadline = None;
+                    self.on_deadline(key, now);
+                }
+                Some(later) => {
+                    self.timers.reschedule(key, generation, None, Some(later));
+                    conn.armed = Some(later);
+                }
+                None => {}
+            }
         }
         if self.accept_paused_until.is_some_and(|at| at <= now.mono) {
             self.accept_paused_until = None;
@@ -943,6 +993,7 @@ impl Reactor {
                 writer.submit(batch, records);
             }
         }
+        self.spare_rings.trim(now.mono);
         // Cork: everything a connection was owed this turn leaves in one
         // vectored write.
         let mut dirty = std::mem::take(&mut self.dirty);
@@ -1060,7 +1111,7 @@ impl Reactor {
                 }
             }
             self.timers
-                .reschedule(key, conn.generation, conn.deadline, None);
+                .reschedule(key, conn.generation, conn.armed, None);
             let _ = self.poll.registry().deregister(&mut conn.socket);
         }
     }

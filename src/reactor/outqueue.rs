@@ -6,42 +6,65 @@
 //! reactor shares between connections, and the next queue to receive output
 //! takes it from there. Idle connections then cost nothing here, and a
 //! broadcast to a thousand recipients reuses the thousand rings of the last
-//! one instead of allocating per recipient.
+//! one instead of allocating per recipient, however large the room.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// Slices handed to one `write_vectored` call; more gains little, as the
 /// kernel caps iovecs per call anyway (IOV_MAX is 1024 on Linux).
 const MAX_SLICES_PER_WRITE: usize = 64;
 
-/// Rings kept for reuse: enough for every recipient of a broadcast to a
-/// full default-sized room several times over; past it rings are freed.
-const MAX_SPARE_RINGS: usize = 1024;
-
 /// A ring that grew past this many slots (a backlog) is freed, not pooled.
 const MAX_POOLED_SLOTS: usize = MAX_SLICES_PER_WRITE;
 
+/// How often rings nobody needed are freed.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Empty rings from drained queues, for the next queue that needs one.
+///
+/// The pool never holds more rings than were in use at once (each came from
+/// a queue), and rings that sat unused through a whole trim interval are
+/// freed, so after a burst it shrinks back to what the traffic needs.
 #[derive(Debug, Default)]
 pub struct SpareRings {
     rings: Vec<VecDeque<Chunk>>,
+    /// The fewest rings the pool held since the last trim: that many were
+    /// not needed.
+    fewest_since_trim: usize,
+    last_trim: Option<Instant>,
 }
 
 impl SpareRings {
     fn take(&mut self) -> VecDeque<Chunk> {
-        self.rings.pop().unwrap_or_default()
+        let ring = self.rings.pop().unwrap_or_default();
+        self.fewest_since_trim = self.fewest_since_trim.min(self.rings.len());
+        ring
     }
 
     fn give_back(&mut self, ring: VecDeque<Chunk>) {
         debug_assert!(ring.is_empty());
-        if ring.capacity() > 0
-            && ring.capacity() <= MAX_POOLED_SLOTS
-            && self.rings.len() < MAX_SPARE_RINGS
-        {
+        if ring.capacity() > 0 && ring.capacity() <= MAX_POOLED_SLOTS {
             self.rings.push(ring);
         }
+    }
+
+    /// Frees the rings that went unused since the last trim, at most once
+    /// per interval.
+    pub fn trim(&mut self, now: Instant) {
+        let last = *self.last_trim.get_or_insert(now);
+        if now.duration_since(last) < TRIM_INTERVAL {
+            return;
+        }
+        self.last_trim = Some(now);
+        let keep = self.rings.len() - self.fewest_since_trim.min(self.rings.len());
+        self.rings.truncate(keep);
+        if self.rings.capacity() > 2 * keep.max(16) {
+            self.rings.shrink_to_fit();
+        }
+        self.fewest_since_trim = self.rings.len();
     }
 
     #[cfg(test)]
@@ -372,5 +395,42 @@ mod tests {
         while queue.flush_to(&mut sink, &mut spares).unwrap().1 == Flushed::Blocked {}
         assert!(queue.is_empty());
         assert_eq!(spares.len(), 0);
+    }
+
+    #[test]
+    fn rings_unused_for_a_whole_interval_are_freed() {
+        let start = Instant::now();
+        let mut spares = SpareRings::default();
+        let mut queues: Vec<OutQueue> = (0..3000).map(|_| OutQueue::default()).collect();
+        let frame: Rc<[u8]> = Rc::from(&b"frame"[..]);
+        let mut sink = Trickle {
+            written: Vec::new(),
+            budget: usize::MAX,
+            calls: 0,
+            block_every: usize::MAX,
+        };
+        let mut broadcast = |queues: &mut [OutQueue], spares: &mut SpareRings| {
+            for queue in queues.iter_mut() {
+                queue.push_shared(Rc::clone(&frame), spares);
+            }
+            for queue in queues.iter_mut() {
+                queue.flush_to(&mut sink, spares).unwrap();
+            }
+        };
+        broadcast(&mut queues, &mut spares);
+        assert_eq!(
+            spares.len(),
+            3000,
+            "every recipient's ring is kept, past any fixed count"
+        );
+        spares.trim(start);
+        // Only a tenth of the rings are needed from now on.
+        for second in 1..=2 {
+            broadcast(&mut queues[..300], &mut spares);
+            spares.trim(start + TRIM_INTERVAL * second);
+        }
+        assert_eq!(spares.len(), 300);
+        broadcast(&mut queues[..300], &mut spares);
+        assert_eq!(spares.len(), 300, "the rings still in use were kept");
     }
 }

@@ -204,7 +204,7 @@ impl Reactor {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.inbuf.drain(..consumed.min(conn.inbuf.len()));
             if conn.inbuf.is_empty() {
-                conn.inbuf = Vec::new();
+                self.spare_inbuf.recycle(&mut conn.inbuf);
             }
         }
         self.after_input(key, now);
