@@ -101,7 +101,10 @@ struct State {
     problems: Vec<String>,
     problem_count: u64,
     login: Option<LoginLoad>,
+    timer: Option<net::Timer>,
 }
+
+const TIMER: mio::Token = mio::Token(crate::swarm::OTHER_TOKENS + (1 << 24));
 
 impl State {
     fn problem(&mut self, text: String) {
@@ -235,7 +238,11 @@ impl Handler for State {
     }
 
     fn other(&mut self, event: &mio::event::Event) {
-        if let Some(login) = &mut self.login {
+        if event.token() == TIMER {
+            if let Some(timer) = &self.timer {
+                timer.clear();
+            }
+        } else if let Some(login) = &mut self.login {
             login.event(event);
         }
     }
@@ -258,7 +265,7 @@ pub fn run(
     crate::server::register_users(server, &names);
     crate::server::create_rooms(server, &rooms, params.members);
     let mut swarm = Swarm::new();
-    swarm.join_rooms(server, &rooms, params.members, user)?;
+    swarm.join_rooms(server, &rooms, params.members, usize::MAX, user)?;
 
     let senders_per_room = params.senders.clamp(1, params.members);
     let ring = match params.rate {
@@ -307,7 +314,13 @@ pub fn run(
         problems: Vec::new(),
         problem_count: 0,
         login,
+        timer: None,
     };
+    if params.rate.is_some() {
+        state.timer = Some(
+            net::Timer::new(swarm.poll.registry(), TIMER).map_err(|e| format!("timerfd: {e}"))?,
+        );
+    }
 
     let mut outcome = FanoutOutcome::default();
     let mut text = Vec::with_capacity(params.msg_bytes + 256);
@@ -364,14 +377,16 @@ pub fn run(
                 }
             }
             // Send what is due.
-            let mut timeout = Duration::from_millis(50);
+            let timeout = Duration::from_millis(50);
             let now_ns = state.start.elapsed().as_nanos() as u64;
             if let Some(interval) = interval_ns {
                 let total = state.senders.len() as u64;
                 loop {
                     let due = rate_start_ns + (due_index as f64 * interval) as u64;
                     if due > now_ns {
-                        timeout = timeout.min(Duration::from_nanos(due - now_ns));
+                        if let Some(timer) = &state.timer {
+                            timer.arm(Duration::from_nanos(due - now_ns));
+                        }
                         break;
                     }
                     let g = (due_index % total) as usize;

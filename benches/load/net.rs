@@ -241,3 +241,65 @@ pub fn raise_fd_limit() -> u64 {
         limit.rlim_cur as u64
     }
 }
+
+/// A timerfd in the poll set, for sending on schedule: poll's own timeout
+/// is rounded up to whole milliseconds, which would add up to 1 ms of the
+/// generator's lateness to every latency in `--rate` mode.
+pub struct Timer {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Timer {
+    pub fn new(registry: &mio::Registry, token: mio::Token) -> io::Result<Timer> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: timerfd_create returns a new fd or -1; prctl only changes
+        // this thread's timer slack, so wakeups come on time.
+        let fd = unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1u64);
+            let fd = libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            );
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            OwnedFd::from_raw_fd(fd)
+        };
+        registry.register(
+            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+            token,
+            mio::Interest::READABLE,
+        )?;
+        Ok(Timer { fd })
+    }
+
+    /// Fires once, `after` from now (at least 1 ns).
+    pub fn arm(&self, after: std::time::Duration) {
+        use std::os::fd::AsRawFd;
+        let after = after.max(std::time::Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: a valid timerfd and itimerspec.
+        unsafe {
+            libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut());
+        }
+    }
+
+    /// Clears the expiry so the next one is a new edge.
+    pub fn clear(&self) {
+        use std::os::fd::AsRawFd;
+        let mut ticks = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into an 8-byte buffer.
+        unsafe {
+            libc::read(self.fd.as_raw_fd(), ticks.as_mut_ptr().cast(), 8);
+        }
+    }
+}

@@ -236,6 +236,30 @@ pub struct CpuMark {
     at: Instant,
     server: Option<f64>,
     own: f64,
+    /// (busy, total) jiffies of CPUs 0 and 1 from /proc/stat.
+    cores: [(u64, u64); 2],
+}
+
+/// Busy and total time of each of the first two CPUs: when the server's
+/// core is busy well beyond the server's own share, something else ran
+/// there and the run's figures are not the server's alone.
+fn core_times() -> [(u64, u64); 2] {
+    let mut cores = [(0, 0); 2];
+    if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
+        for (i, prefix) in ["cpu0 ", "cpu1 "].iter().enumerate() {
+            if let Some(line) = stat.lines().find(|l| l.starts_with(prefix)) {
+                let v: Vec<u64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                let total: u64 = v.iter().take(8).sum();
+                let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+                cores[i] = (total - idle, total);
+            }
+        }
+    }
+    cores
 }
 
 impl CpuMark {
@@ -244,6 +268,7 @@ impl CpuMark {
             at: Instant::now(),
             server: server.cpu_seconds(),
             own: own_cpu_seconds(),
+            cores: core_times(),
         }
     }
 
@@ -259,6 +284,15 @@ impl CpuMark {
             server_seconds: server,
             server_pct: server.map(|s| 100.0 * s / wall),
             gen_pct: 100.0 * (later.own - self.own) / wall,
+            core_busy_pct: [0, 1].map(|i| {
+                let busy = later.cores[i].0.saturating_sub(self.cores[i].0) as f64;
+                let total = later.cores[i].1.saturating_sub(self.cores[i].1) as f64;
+                if total > 0.0 {
+                    100.0 * busy / total
+                } else {
+                    0.0
+                }
+            }),
         }
     }
 }
@@ -269,6 +303,7 @@ pub struct CpuUse {
     pub server_seconds: Option<f64>,
     pub server_pct: Option<f64>,
     pub gen_pct: f64,
+    pub core_busy_pct: [f64; 2],
 }
 
 impl CpuUse {
@@ -278,8 +313,8 @@ impl CpuUse {
             .map(|p| format!("{p:.0} %"))
             .unwrap_or_else(|| "n/a (give --server-pid)".into());
         format!(
-            "server {server}, load generator {:.0} % (of one core, over {:.1} s)",
-            self.gen_pct, self.wall
+            "server {server}, load generator {:.0} % (of one core, over {:.1} s); CPU0 {:.0} % busy, CPU1 {:.0} % busy in all",
+            self.gen_pct, self.wall, self.core_busy_pct[0], self.core_busy_pct[1]
         )
     }
 }

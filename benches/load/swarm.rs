@@ -82,7 +82,7 @@ impl Swarm {
         }
     }
 
-    /// Opens `rooms.len() × members` connections, connection `r * members + m`
+    /// Opens `total` (at most `rooms.len() × members`) connections, connection `r * members + m`
     /// joining room `r` as `user(r, m)`, and waits for every join to be
     /// announced. Stops early (returning the error) when the server or the
     /// fd limit refuses a connection: the `idle` scenario wants to know how
@@ -92,10 +92,11 @@ impl Swarm {
         server: &Server,
         rooms: &[String],
         members: usize,
+        total: usize,
         user: impl Fn(usize, usize) -> String,
     ) -> Result<(), String> {
         const BATCH: usize = 500;
-        let total = rooms.len() * members;
+        let total = total.min(rooms.len() * members);
         let mut expected = 0u64;
         let mut drain = JoinDrain::default();
         let mut out = Vec::new();
