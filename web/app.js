@@ -159,11 +159,25 @@ function notify(text, kind = 'info') {
 
 const CANNOT_REACH = 'Cannot reach the server. Check your connection and try again.';
 
+/** Why a call failed without an answer from the server itself, in plain words. */
+function failureText(error) {
+  const status = error instanceof NetworkError ? error.status : 0;
+  if (status === 429) return 'Too many requests from your address. Wait a minute, then try again. (HTTP 429)';
+  if (status >= 500) return `The server is not answering right now. Try again in a moment. (HTTP ${status})`;
+  return CANNOT_REACH;
+}
+
 // ---------------------------------------------------------------------------
 // HTTP API
 // ---------------------------------------------------------------------------
 
-class NetworkError extends Error {}
+/** No JSON answer: no connection (status 0), or a proxy's error page. */
+class NetworkError extends Error {
+  constructor(message, status = 0) {
+    super(message);
+    this.status = status;
+  }
+}
 
 /** Calls an endpoint; resolves to the JSON body, rejects with NetworkError. */
 async function api(path, params, method = 'POST') {
@@ -186,7 +200,7 @@ async function api(path, params, method = 'POST') {
     body = null;
   }
   if (!body || typeof body !== 'object') {
-    throw new NetworkError(`HTTP ${response.status} without a JSON body`);
+    throw new NetworkError(`HTTP ${response.status} without a JSON body`, response.status);
   }
   return body;
 }
@@ -212,7 +226,7 @@ async function onRegister(event) {
       notify(explainHttp(body.res, 'register', body.error), 'error');
     }
   } catch (e) {
-    notify(CANNOT_REACH, 'error');
+    notify(failureText(e), 'error');
   } finally {
     button.disabled = false;
   }
@@ -224,7 +238,7 @@ async function logIn(tel, password) {
   try {
     body = await api('auth/login', { user_tel: tel, user_password: password });
   } catch (e) {
-    return CANNOT_REACH;
+    return failureText(e);
   }
   if (body.res !== 'login successfully' || !body.data || typeof body.data.token !== 'string') {
     return explainHttp(body.res, 'login', body.error);
@@ -379,7 +393,7 @@ async function onCreate(event) {
       notify(explainHttp(body.res, 'create', body.error), 'error');
     }
   } catch (e) {
-    notify(CANNOT_REACH, 'error');
+    notify(failureText(e), 'error');
   } finally {
     button.disabled = false;
   }
