@@ -76,7 +76,19 @@ export function startServer({ dataDir, httpAddr = '127.0.0.1:0', logName = 'serv
 }
 
 export async function launchBrowser() {
-  const args = [];
+  // Keep Chromium to the page under test: no background calls home (this
+  // machine's network reaches nothing but localhost and package registries).
+  const args = [
+    '--disable-gpu',
+    '--disable-quic',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--disable-default-apps',
+    '--no-first-run',
+    '--no-pings',
+    '--metrics-recording-only',
+  ];
   // Chromium refuses to run as root with its sandbox on; CI runs as root.
   if (typeof process.getuid === 'function' && process.getuid() === 0) args.push('--no-sandbox');
   return chromium.launch({
