@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod reactor;
 pub mod server;
 pub mod store;
+pub mod web;
 pub mod ws;
 
 pub use config::{Cli, Config, WsMode};

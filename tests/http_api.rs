@@ -419,7 +419,8 @@ fn metrics_are_prometheus_text() {
 #[test]
 fn unknown_path_is_404() {
     let server = TestServer::start();
-    for path in ["/", "/nope", "/auth", "/auth/register/", "/chatroom/list/x"] {
+    // `/` is the web client (tests/web.rs).
+    for path in ["/nope", "/auth", "/auth/register/", "/chatroom/list/x"] {
         let reply = get(server.addr, path);
         assert_eq!(reply.status, 404, "{path}");
         assert_eq!(reply.json(), json!({"res": "not found"}), "{path}");

@@ -117,6 +117,7 @@ pub fn endpoint_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         "/ws" => "/ws",
+        path if crate::web::serves(path) => "web",
         _ => "other",
     }
 }

@@ -85,8 +85,10 @@ impl Response {
         );
         head.push_str("Server: chatroom\r\n");
         let _ = write!(head, "Content-Type: {}\r\n", self.content_type);
-        // RFC 9110 §8.6: a 204 carries no Content-Length.
-        if self.status != 204 {
+        // RFC 9110 §8.6: a 204 carries no Content-Length, and a 304 may
+        // only repeat the length of the 200 it stands for, so it has none.
+        let bodiless = matches!(self.status, 204 | 304);
+        if !bodiless {
             let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
         }
         let _ = write!(head, "Access-Control-Allow-Origin: {cors_origin}\r\n");
@@ -103,7 +105,7 @@ impl Response {
         }
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();
-        if !head_only && self.status != 204 {
+        if !head_only && !bodiless {
             bytes.extend_from_slice(&self.body);
         }
         bytes
@@ -119,6 +121,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         204 => "No Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
@@ -183,5 +186,13 @@ mod tests {
     fn no_content_has_no_length() {
         let encoded = text(&Response::json(204, &()).encode(false, true, false, "*"));
         assert!(!encoded.contains("Content-Length"));
+    }
+
+    #[test]
+    fn not_modified_has_no_length_and_no_body() {
+        let encoded = text(&Response::json(304, &()).encode(false, true, false, "*"));
+        assert!(encoded.starts_with("HTTP/1.1 304 Not Modified\r\n"));
+        assert!(!encoded.contains("Content-Length"));
+        assert!(encoded.ends_with("\r\n\r\n"));
     }
 }

@@ -749,6 +749,10 @@ impl Reactor {
             self.upgrade(key, &request, now);
             return;
         }
+        if let Some(response) = crate::web::respond(&request) {
+            self.send_reply(key, shape, response);
+            return;
+        }
         if request.path() == "/metrics" {
             let response = match request.method.as_str() {
                 "GET" | "HEAD" => self.metrics_response(),
