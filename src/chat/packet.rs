@@ -1,10 +1,11 @@
 //! The chat packets of SPEC §4: reading what clients send, in the order the
 //! error table checks it, and writing what the server sends.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::rc::Rc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ws;
@@ -111,6 +112,96 @@ fn echo_of(data: Option<&Value>) -> Echo {
 /// error table in order (`invalid message` … `null message`). On error, the
 /// echo fields to put in the error packet come along.
 pub fn parse(text: &str) -> Result<ClientPacket, (PacketError, Echo)> {
+    if let Some(packet) = parse_well_formed(text) {
+        return Ok(packet);
+    }
+    parse_checked(text)
+}
+
+/// The common case, a packet with every field of the right type, read
+/// without building a JSON tree. Anything else (including every error)
+/// returns `None` and goes through `parse_checked`, which alone decides
+/// the outcome of an unusual packet.
+fn parse_well_formed(text: &str) -> Option<ClientPacket> {
+    #[derive(Deserialize)]
+    struct In<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow)]
+        data: InData<'a>,
+    }
+    #[derive(Deserialize)]
+    struct InData<'a> {
+        #[serde(borrow)]
+        user: InUser<'a>,
+        #[serde(borrow)]
+        room_name: Cow<'a, str>,
+        #[serde(borrow, default)]
+        msg: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        token: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct InUser<'a> {
+        #[serde(borrow)]
+        user_name: Cow<'a, str>,
+        #[serde(borrow, default)]
+        user_avatar: Option<Cow<'a, str>>,
+    }
+
+    // serde reads a JSON array into a struct too, where the table says
+    // "invalid message" or "invalid data": only array-free text is eligible.
+    if !text.trim_start().starts_with('{') || has_array_outside_strings(text) {
+        return None;
+    }
+    let packet: In = serde_json::from_str(text).ok()?;
+    let kind = match packet.kind.as_ref() {
+        "join" => PacketKind::Join,
+        "leave" => PacketKind::Leave,
+        "msg" => PacketKind::Msg,
+        _ => return None,
+    };
+    let data = packet.data;
+    let msg = data.msg.unwrap_or_default();
+    if data.user.user_name.is_empty() || data.room_name.is_empty() {
+        return None;
+    }
+    if kind == PacketKind::Msg && msg.is_empty() {
+        return None;
+    }
+    Some(ClientPacket {
+        kind,
+        user_name: data.user.user_name.into_owned(),
+        user_avatar: data.user.user_avatar.unwrap_or_default().into_owned(),
+        room_name: data.room_name.into_owned(),
+        msg: msg.into_owned(),
+        token: data.token.map(Cow::into_owned),
+    })
+}
+
+/// Whether a `[` appears outside JSON string literals.
+fn has_array_outside_strings(text: &str) -> bool {
+    let mut in_string = false;
+    let mut escaped = false;
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        } else if byte == b'[' {
+            return true;
+        }
+    }
+    false
+}
+
+/// Every check of the error table, in order, over the parsed JSON tree.
+fn parse_checked(text: &str) -> Result<ClientPacket, (PacketError, Echo)> {
     let Ok(Value::Object(root)) = serde_json::from_str::<Value>(text) else {
         return Err((PacketError::InvalidMessage, Echo::default()));
     };
@@ -215,17 +306,33 @@ pub fn server_frame(
             ts,
         },
     };
-    let mut buffer =
-        Vec::with_capacity(HEADER_ROOM + 96 + user_name.len() + room_name.len() + msg.len());
-    buffer.resize(HEADER_ROOM, 0);
-    // Serialising plain strings into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut buffer, &packet);
-    let payload_len = buffer.len() - HEADER_ROOM;
-    let header = ws::frame_header(ws::OpCode::Text, payload_len);
-    let header = header.as_bytes();
-    let start = HEADER_ROOM - header.len();
-    buffer[start..HEADER_ROOM].copy_from_slice(header);
-    Rc::from(&buffer[start..])
+    // Serialised into a buffer kept between calls, then copied once into
+    // the shared frame: one allocation per broadcast, however the JSON
+    // escaping changes the length.
+    SCRATCH.with_borrow_mut(|buffer| {
+        buffer.clear();
+        buffer.resize(HEADER_ROOM, 0);
+        // Serialising plain strings into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *buffer, &packet);
+        let payload_len = buffer.len() - HEADER_ROOM;
+        let header = ws::frame_header(ws::OpCode::Text, payload_len);
+        let header = header.as_bytes();
+        let start = HEADER_ROOM - header.len();
+        buffer[start..HEADER_ROOM].copy_from_slice(header);
+        let frame = Rc::from(&buffer[start..]);
+        if buffer.capacity() > MAX_KEPT_SCRATCH {
+            *buffer = Vec::new();
+        }
+        frame
+    })
+}
+
+/// A message of the largest size stays within this; a bigger scratch buffer
+/// (from an unusually escaped message) is not kept.
+const MAX_KEPT_SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// An `error` packet for one connection.
@@ -364,5 +471,40 @@ mod tests {
             assert_eq!(json["data"]["ts"], 7);
             assert_eq!(json["data"]["user"]["user_avatar"], "");
         }
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_checks() {
+        let cases = [
+            r#"{"type":"msg","data":{"user":{"user_name":"a","user_avatar":"x"},"room_name":"r","msg":"hi"}}"#,
+            r#"{"type":"join","data":{"user":{"user_name":"a"},"room_name":"r"}}"#,
+            r#"{"type":"join","data":{"user":{"user_name":"a","user_avatar":null},"room_name":"r","msg":null}}"#,
+            r#"{"type":"leave","data":{"user":{"user_name":"a"},"room_name":"r","token":"t","extra":{"k":1}}}"#,
+            r#"{"type":"msg","data":{"user":{"user_name":"\u0061\n"},"room_name":"房间","msg":"[not an array]"}}"#,
+            r#"{"type":"msg","data":{"user":{"user_name":"a"},"room_name":"r","msg":null}}"#,
+            r#"{"type":"msg","data":{"user":{"user_name":"a"},"room_name":"r","msg":""}}"#,
+            r#"{"type":"msg","data":{"user":{"user_name":""},"room_name":"r","msg":"x"}}"#,
+            r#"{"type":"msg","type":"join","data":{"user":{"user_name":"a"},"room_name":"r"}}"#,
+            r#"{"type":"msg","data":["user","r","m"]}"#,
+            r#"["msg",{"user":{"user_name":"a"},"room_name":"r","msg":"m"}]"#,
+            r#"{"type":"msg","data":{"user":["a",null],"room_name":"r","msg":"m"}}"#,
+            r#"{"type":"join","data":{"user":{"user_name":"a","user_avatar":7},"room_name":"r"}}"#,
+            r#"{"type":"join","data":{"user":{"user_name":"a"},"room_name":"r","msg":5}}"#,
+            r#"{"type":"dance","data":{"user":{"user_name":"a"},"room_name":"r"}}"#,
+            r#"{"type":"join","data":{"user":{"user_name":"a"},"room_name":"r","token":5}}"#,
+            r#"{"type":"join","data":{"user":{"user_name":"a"},"room_name":"r"}} "#,
+            r#"{"type":"join","data":{"user":{"user_name":"a"},"room_name":"r"}}x"#,
+            r#"{"type":"join","data":{"user":{"user_name":"a","user_name":"b"},"room_name":"r"}}"#,
+        ];
+        let mut fast = 0;
+        for text in cases {
+            let checked = parse_checked(text);
+            if let Some(packet) = parse_well_formed(text) {
+                fast += 1;
+                assert_eq!(Ok(packet), checked, "{text}");
+            }
+            assert_eq!(parse(text), checked, "{text}");
+        }
+        assert!(fast >= 5, "the common packets take the fast path");
     }
 }

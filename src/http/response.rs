@@ -1,7 +1,5 @@
 //! Responses: a small value type and its encoding to bytes.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 pub const JSON: &str = "application/json; charset=utf-8";
@@ -75,41 +73,67 @@ impl Response {
         http10: bool,
         cors_origin: &str,
     ) -> Vec<u8> {
-        let mut head = String::with_capacity(256);
-        let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
-        let _ = write!(
-            head,
-            "{version} {} {}\r\n",
-            self.status,
-            reason_phrase(self.status)
-        );
-        head.push_str("Server: chatroom\r\n");
-        let _ = write!(head, "Content-Type: {}\r\n", self.content_type);
+        // One allocation, sized for the head and the body: this runs for
+        // every request.
+        let extra: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 4)
+            .sum();
+        let mut out = Vec::with_capacity(192 + cors_origin.len() + extra + self.body.len());
+        out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        push_decimal(&mut out, usize::from(self.status));
+        out.push(b' ');
+        out.extend_from_slice(reason_phrase(self.status).as_bytes());
+        out.extend_from_slice(b"\r\nServer: chatroom\r\nContent-Type: ");
+        out.extend_from_slice(self.content_type.as_bytes());
+        out.extend_from_slice(b"\r\n");
         // RFC 9110 §8.6: a 204 carries no Content-Length, and a 304 may
         // only repeat the length of the 200 it stands for, so it has none.
         let bodiless = matches!(self.status, 204 | 304);
         if !bodiless {
-            let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(&mut out, self.body.len());
+            out.extend_from_slice(b"\r\n");
         }
-        let _ = write!(head, "Access-Control-Allow-Origin: {cors_origin}\r\n");
+        out.extend_from_slice(b"Access-Control-Allow-Origin: ");
+        out.extend_from_slice(cors_origin.as_bytes());
+        out.extend_from_slice(b"\r\n");
         if cors_origin != "*" {
-            head.push_str("Vary: Origin\r\n");
+            out.extend_from_slice(b"Vary: Origin\r\n");
         }
         for (name, value) in &self.headers {
-            let _ = write!(head, "{name}: {value}\r\n");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         if !keep_alive {
-            head.push_str("Connection: close\r\n");
+            out.extend_from_slice(b"Connection: close\r\n");
         } else if http10 {
-            head.push_str("Connection: keep-alive\r\n");
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
-        head.push_str("\r\n");
-        let mut bytes = head.into_bytes();
+        out.extend_from_slice(b"\r\n");
         if !head_only && !bodiless {
-            bytes.extend_from_slice(&self.body);
+            out.extend_from_slice(&self.body);
         }
-        bytes
+        out
     }
+}
+
+/// Appends `value` in decimal, without going through `fmt`.
+fn push_decimal(out: &mut Vec<u8>, mut value: usize) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// The interim response to `Expect: 100-continue`.
@@ -194,5 +218,14 @@ mod tests {
         assert!(encoded.starts_with("HTTP/1.1 304 Not Modified\r\n"));
         assert!(!encoded.contains("Content-Length"));
         assert!(encoded.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn decimals_are_written_exactly() {
+        for value in [0, 7, 10, 27, 404, 65_536, usize::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, value);
+            assert_eq!(out, format!("x{value}").into_bytes());
+        }
     }
 }
