@@ -82,6 +82,42 @@ pub struct HashPool {
     threads: Vec<JoinHandle<()>>,
 }
 
+type JobQueue = Mutex<Receiver<(JobId, PasswordJob)>>;
+
+fn run_worker(
+    queue: &JobQueue,
+    notify: &(dyn Fn(JobId, PasswordOutcome) + Send + Sync),
+    cost: HashCost,
+) {
+    loop {
+        // Holding the lock only for the receive lets the other workers take
+        // the next job while this one hashes.
+        let next = match queue.lock() {
+            Ok(receiver) => receiver.recv(),
+            Err(_) => return,
+        };
+        match next {
+            Ok((id, job)) => notify(id, run_job(job, cost)),
+            Err(_) => return,
+        }
+    }
+}
+
+/// A hash is tens of milliseconds of CPU. At the lowest priority the
+/// workers take only what the reactor leaves, so on a one-core box a storm
+/// of logins slows logins, not chat delivery; they are never starved, as
+/// the lowest nice level still gets a share under full load.
+fn lowest_cpu_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take no pointers, and setpriority with
+    // our own thread id changes only this thread's nice value. Failure
+    // leaves the default priority, which is still correct.
+    unsafe {
+        let thread = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, 19);
+    }
+}
+
 impl HashPool {
     /// `notify` runs on a worker thread once per finished job.
     pub fn spawn(
@@ -90,24 +126,16 @@ impl HashPool {
         notify: Arc<dyn Fn(JobId, PasswordOutcome) + Send + Sync>,
     ) -> std::io::Result<HashPool> {
         let (jobs, queue) = mpsc::channel::<(JobId, PasswordJob)>();
-        let queue: Arc<Mutex<Receiver<(JobId, PasswordJob)>>> = Arc::new(Mutex::new(queue));
+        let queue: Arc<JobQueue> = Arc::new(Mutex::new(queue));
         let mut handles = Vec::with_capacity(threads);
         for index in 0..threads.max(1) {
             let queue = Arc::clone(&queue);
             let notify = Arc::clone(&notify);
             let handle = std::thread::Builder::new()
                 .name(format!("password-{index}"))
-                .spawn(move || loop {
-                    // Holding the lock only for the receive lets the other
-                    // workers take the next job while this one hashes.
-                    let next = match queue.lock() {
-                        Ok(receiver) => receiver.recv(),
-                        Err(_) => return,
-                    };
-                    match next {
-                        Ok((id, job)) => notify(id, run_job(job, cost)),
-                        Err(_) => return,
-                    }
+                .spawn(move || {
+                    lowest_cpu_priority();
+                    run_worker(&queue, &*notify, cost);
                 })?;
             handles.push(handle);
         }
@@ -214,6 +242,31 @@ mod tests {
         assert!(verify_password("correct horse", &first));
         assert!(!verify_password("wrong horse", &first));
         assert!(!verify_password("correct horse", "not a phc string"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hashing_runs_at_the_lowest_cpu_priority() {
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let pool = HashPool::spawn(
+            1,
+            CHEAP,
+            Arc::new(move |_, _| {
+                // SAFETY: no pointers; reads this worker thread's nice value.
+                let nice =
+                    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+                let _ = tx.lock().unwrap().send(nice);
+            }),
+        )
+        .unwrap();
+        pool.submit(
+            1,
+            PasswordJob::Hash {
+                password: "secret".into(),
+            },
+        );
+        assert_eq!(rx.recv().unwrap(), 19);
     }
 
     #[test]

@@ -166,7 +166,15 @@ impl OutQueue {
                 slices[count] = IoSlice::new(bytes.get(start..).unwrap_or_default());
                 count += 1;
             }
-            match out.write_vectored(&slices[..count]) {
+            // A single slice goes out with send(2): writev(2) passes through the
+            // VFS layer (iovec import, file position lock) that send skips,
+            // and one slice is the common case (one broadcast per turn).
+            let result = if count == 1 {
+                out.write(&slices[0])
+            } else {
+                out.write_vectored(&slices[..count])
+            };
+            match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => {
                     written_total += written;
