@@ -92,7 +92,7 @@ fn value(json: &Json) -> Value {
     }
 }
 
-fn text_of<'a>(value: Option<&'a Value>) -> Option<&'a str> {
+fn text_of(value: Option<&Value>) -> Option<&str> {
     value.and_then(Value::as_str)
 }
 

@@ -5,6 +5,7 @@
 //!   newline in it) reported for cutting at exactly that offset;
 //! - malformed line: an error naming the first bad complete line, every
 //!   line before it valid.
+//!
 //! Never a panic, never a silent drop: each complete line before the end or
 //! the error is exactly one record, and re-serialising the records replays
 //! to the same records.
