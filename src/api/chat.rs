@@ -369,4 +369,13 @@ impl Api {
     pub fn ws_sessions(&self) -> usize {
         self.sessions.len()
     }
+
+    /// The user a connection is bound to (`None` before its first join) and
+    /// the rooms it is in, in joining order; `None` for no such session.
+    /// For invariant checks: every room listed must list the connection.
+    pub fn ws_session(&self, conn: ConnRef) -> Option<(Option<UserId>, &[RoomId])> {
+        self.sessions
+            .get(&conn)
+            .map(|session| (session.user, session.rooms.as_slice()))
+    }
 }

@@ -1998,9 +1998,16 @@ fn a_closed_connection_leaves_its_rooms_and_starts_the_ttl() {
     h.send(3, &join("bob", "hall"));
     assert_eq!(h.api.ws_sessions(), 3);
     assert_eq!(h.population("hall"), 2);
+    let ann = h.api.state().user_id_by_name("ann");
+    let rooms: Vec<_> = ["hall", "solo"]
+        .iter()
+        .filter_map(|name| h.api.state().room_id(name))
+        .collect();
+    assert_eq!(h.api.ws_session(1), Some((ann, rooms.as_slice())));
 
     let frames = h.close(1);
     assert_eq!(h.api.ws_sessions(), 2);
+    assert_eq!(h.api.ws_session(1), None);
     // hall: the remaining members are told; solo has nobody left to tell.
     assert_eq!(recipients(&frames), [2, 3]);
     assert_user_packets(&frames, "leave", "ann", "hall");

@@ -9,6 +9,8 @@
 mod replay;
 mod writer;
 
+pub use replay::{replay_rooms, replay_users, BadLine, Scanned, Tail};
+
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};

@@ -1,8 +1,13 @@
 //! Start-up replay of the journal files: a linear scan, one line at a time.
+//!
+//! The parsing is a pure function over the file's bytes ([`replay_users`],
+//! [`replay_rooms`]), so the fuzz target drives exactly the code start-up
+//! runs; [`read_journal`] and [`cut_torn_tail`] are the only parts that touch
+//! the file.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -12,16 +17,36 @@ use super::{RoomRecord, StoreError, UserRecord};
 
 /// Where the intact part of a file ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Tail {
+pub struct Tail {
     /// Offset just past the last complete line.
     pub good_len: u64,
     /// Bytes after `good_len` with no closing newline.
     pub torn: u64,
 }
 
-pub(super) struct Scanned<T> {
+/// The records of every complete line, in file order, and where they end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scanned<T> {
     pub records: Vec<T>,
     pub tail: Tail,
+}
+
+/// A complete line that does not hold an acceptable record: start-up stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    /// 1-based line number.
+    pub line: usize,
+    pub reason: String,
+}
+
+impl BadLine {
+    fn in_file(self, path: &Path) -> StoreError {
+        StoreError::Malformed {
+            file: path.to_path_buf(),
+            line: self.line,
+            reason: self.reason,
+        }
+    }
 }
 
 // Mirrors of the public records that refuse unknown fields: a field we do
@@ -46,10 +71,12 @@ struct StoredRoom {
     created_ms: u64,
 }
 
-pub(super) fn scan_users(file: &File, path: &Path) -> Result<Scanned<UserRecord>, StoreError> {
+/// Replays the contents of `users.jsonl`: every complete line must be a user
+/// record whose phone number and name are not taken by an earlier line.
+pub fn replay_users(bytes: &[u8]) -> Result<Scanned<UserRecord>, BadLine> {
     let mut tels: HashMap<String, usize> = HashMap::new();
     let mut names: HashMap<String, usize> = HashMap::new();
-    scan(file, path, |bytes, line| {
+    scan(bytes, |bytes, line| {
         let s: StoredUser = decode(bytes)?;
         if let Some(first) = tels.get(&s.tel) {
             return Err(format!(
@@ -75,9 +102,11 @@ pub(super) fn scan_users(file: &File, path: &Path) -> Result<Scanned<UserRecord>
     })
 }
 
-pub(super) fn scan_rooms(file: &File, path: &Path) -> Result<Scanned<RoomRecord>, StoreError> {
+/// Replays the contents of `rooms.jsonl`: every complete line must be a room
+/// record whose name is not taken by an earlier line.
+pub fn replay_rooms(bytes: &[u8]) -> Result<Scanned<RoomRecord>, BadLine> {
     let mut names: HashMap<String, usize> = HashMap::new();
-    scan(file, path, |bytes, line| {
+    scan(bytes, |bytes, line| {
         let s: StoredRoom = decode(bytes)?;
         if let Some(first) = names.get(&s.name) {
             return Err(format!(
@@ -94,49 +123,57 @@ pub(super) fn scan_rooms(file: &File, path: &Path) -> Result<Scanned<RoomRecord>
     })
 }
 
-/// Reads `file` from the start, handing each complete line (without its
-/// newline) and its 1-based number to `parse`. Stops at the first line
-/// `parse` refuses. Does not modify the file.
+/// Hands each complete line of `bytes` (without its newline) and its 1-based
+/// number to `parse`, stopping at the first line `parse` refuses.
 fn scan<T>(
-    file: &File,
-    path: &Path,
+    bytes: &[u8],
     mut parse: impl FnMut(&[u8], usize) -> Result<T, String>,
-) -> Result<Scanned<T>, StoreError> {
-    let mut reader = BufReader::with_capacity(64 * 1024, file);
-    let mut buf = Vec::new();
+) -> Result<Scanned<T>, BadLine> {
     let mut records = Vec::new();
+    let mut rest = bytes;
     let mut good_len: u64 = 0;
     let mut line: usize = 0;
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|source| StoreError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let Some(content) = buf.strip_suffix(b"\n") else {
-            // EOF, possibly after a last line whose newline never made it to
-            // disk. The writer appends line and newline in one write and
-            // acknowledges only after fsync, so such a line was never
-            // acknowledged and may be cut.
-            return Ok(Scanned {
-                records,
-                tail: Tail {
-                    good_len,
-                    torn: n as u64,
-                },
-            });
-        };
+    while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+        let (content, after) = rest.split_at(newline);
         line += 1;
-        let record = parse(content, line).map_err(|reason| StoreError::Malformed {
-            file: path.to_path_buf(),
-            line,
-            reason,
-        })?;
+        let record = parse(content, line).map_err(|reason| BadLine { line, reason })?;
         records.push(record);
-        good_len += n as u64;
+        good_len += newline as u64 + 1;
+        rest = after.get(1..).unwrap_or_default();
     }
+    // What is left has no newline: a last line whose newline never made it
+    // to disk. The writer appends line and newline in one write and
+    // acknowledges only after fsync, so such a line was never acknowledged
+    // and may be cut.
+    Ok(Scanned {
+        records,
+        tail: Tail {
+            good_len,
+            torn: rest.len() as u64,
+        },
+    })
+}
+
+/// Reads a whole journal file into memory for replay. (The records it holds
+/// are kept in memory anyway; the bytes go once replay is done.)
+pub(super) fn read_journal(mut file: &File, path: &Path) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(bytes)
+}
+
+/// [`replay_users`] over the file at `path`.
+pub(super) fn scan_users(file: &File, path: &Path) -> Result<Scanned<UserRecord>, StoreError> {
+    replay_users(&read_journal(file, path)?).map_err(|bad| bad.in_file(path))
+}
+
+/// [`replay_rooms`] over the file at `path`.
+pub(super) fn scan_rooms(file: &File, path: &Path) -> Result<Scanned<RoomRecord>, StoreError> {
+    replay_rooms(&read_journal(file, path)?).map_err(|bad| bad.in_file(path))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {

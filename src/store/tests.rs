@@ -346,6 +346,48 @@ fn duplicate_users_and_rooms_are_refused() {
 }
 
 #[test]
+fn replay_over_bytes_classifies_clean_torn_and_malformed() {
+    let good = line(&user(0)) + &line(&user(1));
+
+    let clean = replay_users(good.as_bytes()).unwrap();
+    assert_eq!(clean.records, vec![user(0), user(1)]);
+    assert_eq!(
+        clean.tail,
+        Tail {
+            good_len: good.len() as u64,
+            torn: 0
+        }
+    );
+
+    let torn = format!("{good}{{\"tel\":");
+    let scanned = replay_users(torn.as_bytes()).unwrap();
+    assert_eq!(scanned.records, vec![user(0), user(1)]);
+    assert_eq!(
+        scanned.tail,
+        Tail {
+            good_len: good.len() as u64,
+            torn: 7
+        }
+    );
+
+    let bad = format!("{good}not json\n{}", line(&user(2)));
+    let error = replay_users(bad.as_bytes()).unwrap_err();
+    assert_eq!(error.line, 3);
+    assert!(error.reason.contains("JSON object"), "{}", error.reason);
+
+    assert_eq!(
+        replay_rooms(b"").unwrap(),
+        Scanned {
+            records: Vec::new(),
+            tail: Tail {
+                good_len: 0,
+                torn: 0
+            }
+        }
+    );
+}
+
+#[test]
 fn replays_a_large_file() {
     let tmp = tempfile::tempdir().unwrap();
     let mut f = io::BufWriter::new(File::create(tmp.path().join(USERS_FILE)).unwrap());
