@@ -6,31 +6,6 @@ mod common;
 
 use common::*;
 
-fn get_with(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut request = agent().get(format!("http://{addr}{path}"));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let mut response = request.call().expect("HTTP call succeeds");
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                v.to_str().unwrap_or("<non-ascii>").to_string(),
-            )
-        })
-        .collect();
-    let body = response.body_mut().read_to_string().unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
 #[test]
 fn the_page_and_its_assets_are_served_with_their_types() {
     let server = TestServer::start();

@@ -176,6 +176,15 @@ fn into_reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> 
     }
 }
 
+/// A GET with extra request headers.
+pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = agent().get(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    into_reply(request.call())
+}
+
 pub fn get(addr: SocketAddr, path: &str) -> Reply {
     into_reply(agent().get(format!("http://{addr}{path}")).call())
 }
