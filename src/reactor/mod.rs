@@ -1134,3 +1134,33 @@ impl StopHandle {
         let _ = self.waker.wake();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SpareBuffer;
+
+    #[test]
+    fn an_emptied_input_buffer_passes_to_the_next_reader() {
+        let mut spare = SpareBuffer::default();
+        let mut first = Vec::with_capacity(512);
+        first.extend_from_slice(b"consumed");
+        first.clear();
+        spare.recycle(&mut first);
+        assert_eq!(first.capacity(), 0, "the idle connection keeps no buffer");
+
+        let reused = spare.take();
+        assert!(reused.is_empty() && reused.capacity() >= 512);
+        assert_eq!(spare.take().capacity(), 0, "one buffer serves one reader");
+    }
+
+    #[test]
+    fn the_spare_keeps_the_larger_buffer_and_never_a_huge_one() {
+        let mut spare = SpareBuffer::default();
+        spare.recycle(&mut Vec::with_capacity(4096));
+        spare.recycle(&mut Vec::with_capacity(64));
+        assert!(spare.take().capacity() >= 4096);
+
+        spare.recycle(&mut Vec::with_capacity(SpareBuffer::MAX_KEPT + 1));
+        assert_eq!(spare.take().capacity(), 0, "a big upload's buffer is freed");
+    }
+}
