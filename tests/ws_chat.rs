@@ -460,13 +460,27 @@ fn population_counts_seats() {
     }
     assert_eq!(server.population("r"), 2);
 
-    // A WebSocket leave keeps the seat (the default TTL is a minute).
+    // A WebSocket leave of the user's only connection there frees the seat
+    // at once (SPEC §3: the Android app never sends the HTTP leave) ...
     b.leave("b", "r");
     for client in [&mut b, &mut a1, &mut a2] {
         client.expect("user", "b", "r", "leave");
     }
-    assert_eq!(server.population("r"), 2);
-    // Coming back uses the same seat; a dropped connection keeps it too.
+    assert_eq!(server.population("r"), 1);
+    // ... and the documented HTTP leave that follows still succeeds, once.
+    assert_eq!(server.room("r", "b", 0), "leave chatroom");
+    assert_eq!(server.room("r", "b", 0), "user not exist");
+    // A leave from one of two connections of a user keeps the seat.
+    a1.leave("a", "r");
+    for client in [&mut a1, &mut a2] {
+        client.expect("user", "a", "r", "leave");
+    }
+    assert_eq!(server.population("r"), 1);
+    a1.join("a", "r");
+    for client in [&mut a1, &mut a2] {
+        client.expect("user", "a", "r", "join");
+    }
+    // Coming back takes a seat again; a dropped connection keeps it.
     b.join("b", "r");
     for client in [&mut b, &mut a1, &mut a2] {
         client.expect("user", "b", "r", "join");

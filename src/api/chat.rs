@@ -258,7 +258,10 @@ impl Api {
                 let avatar = session.claimed_avatar.clone();
                 let frame = self.user_frame(user, &avatar, room, "leave");
                 self.broadcast(room, &frame);
-                self.state.unsubscribe(room, conn, now.mono);
+                // Unlike a dropped connection, a `leave` is a decision: the
+                // original Android app never sends the HTTP leave, so a seat
+                // kept for the TTL would show people who left.
+                self.state.leave(room, conn, now.mono);
                 if let Some(session) = self.sessions.get_mut(&conn) {
                     session.rooms.retain(|r| *r != room);
                 }

@@ -102,6 +102,7 @@ enum Endpoint {
     List,
     Create,
     Room,
+    UserData,
     Health,
 }
 
@@ -114,6 +115,7 @@ pub fn endpoint_label(path: &str) -> &'static str {
         "/chatroom/list" => "/chatroom/list",
         "/chatroom/create" => "/chatroom/create",
         "/chatroom/room" => "/chatroom/room",
+        "/auth/user_data" => "/auth/user_data",
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         "/ws" => "/ws",
@@ -129,6 +131,7 @@ fn route(path: &str) -> Option<Endpoint> {
         "/chatroom/list" => Some(Endpoint::List),
         "/chatroom/create" => Some(Endpoint::Create),
         "/chatroom/room" => Some(Endpoint::Room),
+        "/auth/user_data" => Some(Endpoint::UserData),
         "/healthz" => Some(Endpoint::Health),
         _ => None,
     }
@@ -191,12 +194,44 @@ fn parse_capacity(params: &Params, default: u32) -> Result<u32, Response> {
     }
 }
 
+/// A phone number after its typed spaces and dashes are gone, checked.
+fn required_tel(params: &Params) -> Result<std::borrow::Cow<'_, str>, Response> {
+    let typed = required(params, "user_tel", non_empty)?;
+    let tel = validate::normalize_tel(typed);
+    validate::user_tel(&tel).map_err(|why| invalid(format!("user_tel: {why}")))?;
+    Ok(tel)
+}
+
 #[derive(Serialize)]
 struct LoginData<'a> {
-    user_tel: &'a str,
+    /// `null` unless it fits the original Android app's 32-bit `Int`.
+    user_tel: Option<i32>,
     user_name: &'a str,
     user_avatar_url: &'a str,
     token: &'a str,
+}
+
+/// A user's public profile, as `/auth/user_data` answers it.
+#[derive(Serialize)]
+struct Profile<'a> {
+    user_tel: Option<i32>,
+    user_name: &'a str,
+    user_avatar_url: &'a str,
+}
+
+/// The original document put the profile directly in `data`, the original
+/// server's later versions under `data.user`: both are served.
+#[derive(Serialize)]
+struct UserData<'a> {
+    #[serde(flatten)]
+    profile: &'a Profile<'a>,
+    user: &'a Profile<'a>,
+}
+
+#[derive(Serialize)]
+struct UserDataReply<'a> {
+    res: &'a str,
+    data: Option<UserData<'a>>,
 }
 
 #[derive(Serialize)]
@@ -209,22 +244,20 @@ fn login_failure(res: &'static str) -> Response {
     Response::json(200, &LoginReply { res, data: None }).with_outcome(res)
 }
 
+/// One room in `/chatroom/list`. Both names in every entry of both lists:
+/// the original document shows `room_name`, the original Android app reads
+/// `room_list[].name` (a missing one blanks its list and crashes its search).
 #[derive(Serialize)]
 struct RoomEntry<'a> {
     name: &'a str,
-    population: usize,
-}
-
-#[derive(Serialize)]
-struct RoomListEntry<'a> {
     room_name: &'a str,
     population: usize,
 }
 
 #[derive(Serialize)]
 struct RoomList<'a> {
-    rooms: Vec<RoomEntry<'a>>,
-    room_list: Vec<RoomListEntry<'a>>,
+    rooms: &'a [RoomEntry<'a>],
+    room_list: &'a [RoomEntry<'a>],
 }
 
 fn preflight() -> Response {
@@ -315,6 +348,7 @@ impl Api {
             Endpoint::List => Ok(Outcome::Reply(self.list())),
             Endpoint::Create => self.create(conn, &params, now),
             Endpoint::Room => self.room(&params, now),
+            Endpoint::UserData => self.user_data(&params),
             Endpoint::Health => Ok(Outcome::Reply(Response::json(
                 200,
                 &serde_json::json!({"status": "ok"}),
@@ -335,7 +369,8 @@ impl Api {
     }
 
     fn register(&mut self, conn: ConnRef, params: &Params) -> Result<Outcome, Response> {
-        let tel = required(params, "user_tel", validate::user_tel)?;
+        let tel = required_tel(params)?;
+        let tel = tel.as_ref();
         let name = required(params, "user_name", validate::user_name)?;
         let password = required(params, "user_password", validate::user_password)?;
         let avatar_url = params.get("user_avatar_url").unwrap_or("");
@@ -364,17 +399,27 @@ impl Api {
         client: IpAddr,
         now: Now,
     ) -> Result<Outcome, Response> {
-        let tel = required(params, "user_tel", validate::user_tel)?;
-        let password = required(params, "user_password", validate::user_password)?;
+        let tel = required_tel(params)?;
+        // Present but empty is a wrong password, not a malformed request.
+        let password = params
+            .get("user_password")
+            .ok_or_else(|| invalid("user_password: required".to_string()))?;
         if self.login_failures_by_client.is_blocked(&client, now.mono) {
             return Ok(Outcome::Reply(login_failure("too many attempts")));
         }
-        let Some(user) = self.state.user_id_by_tel(tel) else {
+        let Some(user) = self.state.user_id_by_tel(&tel) else {
             self.login_failures_by_client.record(&client, now.mono);
             return Ok(Outcome::Reply(login_failure("user not exist")));
         };
         if self.login_failures_by_user.is_blocked(&user, now.mono) {
             return Ok(Outcome::Reply(login_failure("too many attempts")));
+        }
+        if !validate::could_be_password(password) {
+            // No registered password has this length: wrong without a hash,
+            // and counted like any other wrong guess.
+            self.login_failures_by_user.record(&user, now.mono);
+            self.login_failures_by_client.record(&client, now.mono);
+            return Ok(Outcome::Reply(login_failure("password wrong")));
         }
         let phc = self
             .state
@@ -392,22 +437,63 @@ impl Api {
     }
 
     fn list(&self) -> Response {
-        let rooms = self.state.rooms();
-        let mut list = RoomList {
-            rooms: Vec::with_capacity(self.state.room_count()),
-            room_list: Vec::with_capacity(self.state.room_count()),
-        };
-        for room in rooms {
-            list.rooms.push(RoomEntry {
+        let entries: Vec<RoomEntry> = self
+            .state
+            .rooms()
+            .map(|room| RoomEntry {
                 name: &room.name,
-                population: room.population(),
-            });
-            list.room_list.push(RoomListEntry {
                 room_name: &room.name,
                 population: room.population(),
-            });
-        }
+            })
+            .collect();
+        let list = RoomList {
+            rooms: &entries,
+            room_list: &entries,
+        };
         Response::json(200, &list).with_outcome("list")
+    }
+
+    /// `/auth/user_data`: a public profile by phone number (preferred) or
+    /// name; never a password or a token.
+    fn user_data(&self, params: &Params) -> Result<Outcome, Response> {
+        let user = match params.get("user_tel").filter(|tel| !tel.is_empty()) {
+            Some(_) => self.state.user_id_by_tel(&required_tel(params)?),
+            None => match params.get("user_name").filter(|name| !name.is_empty()) {
+                Some(_) => {
+                    let name = required(params, "user_name", validate::user_name)?;
+                    self.state.user_id_by_name(name)
+                }
+                None => {
+                    return Err(invalid(
+                        "user_tel or user_name: one is required".to_string(),
+                    ))
+                }
+            },
+        };
+        let Some(user) = user.and_then(|id| self.state.user(id)) else {
+            let reply = UserDataReply {
+                res: "user not exist",
+                data: None,
+            };
+            return Ok(Outcome::Reply(
+                Response::json(200, &reply).with_outcome("user not exist"),
+            ));
+        };
+        let profile = Profile {
+            user_tel: validate::tel_as_i32(&user.tel),
+            user_name: &user.name,
+            user_avatar_url: &user.avatar_url,
+        };
+        let reply = UserDataReply {
+            res: "get user data successfully",
+            data: Some(UserData {
+                profile: &profile,
+                user: &profile,
+            }),
+        };
+        Ok(Outcome::Reply(
+            Response::json(200, &reply).with_outcome("get user data successfully"),
+        ))
     }
 
     fn create(&mut self, conn: ConnRef, params: &Params, now: Now) -> Result<Outcome, Response> {
@@ -452,7 +538,9 @@ impl Api {
                 let Some(user) = self.state.user_id_by_name(user_name) else {
                     return reply("user not exist");
                 };
-                if self.release_seat_and_evict(room, user, now) {
+                if self.release_seat_and_evict(room, user, now)
+                    || self.state.take_recent_ws_leave(room, user, now.mono)
+                {
                     reply("leave chatroom")
                 } else {
                     reply("user not exist")
@@ -554,7 +642,7 @@ impl Api {
             &LoginReply {
                 res: "login successfully",
                 data: Some(LoginData {
-                    user_tel: &profile.tel,
+                    user_tel: validate::tel_as_i32(&profile.tel),
                     user_name: &profile.name,
                     user_avatar_url: &profile.avatar_url,
                     token: &token,
