@@ -8,6 +8,15 @@
 //   POST chatroom/room status=0. After a dropped connection it reconnects with
 //   exponential backoff and redoes admission and join for each of its rooms.
 //
+// History and presence (SPEC §8): every message carries its room's `seq`, and
+// the page keys everything by it, so a message is shown once, in seq order,
+// whichever way it arrived: live, as history on entering a room (shown under
+// "Earlier messages"), from `chatroom/history` (older pages; gaps), or as the
+// recovery of a rejoin, which carries `since` = the highest seq shown. A
+// recovery the server reports incomplete is completed over HTTP, or the page
+// says where messages could not be recovered. The member list comes from
+// `chatroom/members` and follows the room's join and leave packets.
+//
 // Every string that came from the network is put into the page with
 // textContent, never parsed as HTML.
 
@@ -38,6 +47,7 @@ const HTTP_WORDS = {
   'too many connections': 'The server has too many connections right now. Try again later.',
   'http version not supported': 'The server refused the HTTP version.',
   'expectation failed': 'The server refused the request.',
+  unauthorized: 'Your login is no longer valid (the server may have restarted).',
 };
 
 const HTTP_WORDS_BY_ACTION = {
@@ -99,7 +109,10 @@ function explainWs(msg) {
 // ---------------------------------------------------------------------------
 
 const SESSION_KEY = 'chatroom.session';
-const MAX_LOG = 1000; // entries kept per room
+const MAX_LOG = 1000; // entries kept per room as live messages arrive
+const HISTORY_PAGE = 50; // messages per "Load earlier messages"
+const GAP_PAGE = 100; // messages per request while filling a gap (the server's maximum)
+const EARLIER_SCROLL_PX = 40; // scrolled this close to the top loads earlier messages
 const LIST_REFRESH_MS = 5000;
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 30000;
@@ -112,7 +125,7 @@ const state = {
   // stored), so that after a server restart (which forgets every token) the
   // page can log in again by itself and resume the chat.
   credentials: null,
-  rooms: new Map(), // name -> {name, log: [], joined, joining, everJoined, unread}
+  rooms: new Map(), // name -> room entry, see room()
   wanted: new Set(), // rooms this page means to be in; rejoined after a reconnect
   leaving: new Set(), // rooms whose WebSocket leave is sent, HTTP leave owed
   active: null,
@@ -135,7 +148,31 @@ const $ = (id) => document.getElementById(id);
 function room(name) {
   let entry = state.rooms.get(name);
   if (!entry) {
-    entry = { name, log: [], joined: false, joining: false, everJoined: false, unread: 0 };
+    entry = {
+      name,
+      // What the timeline shows, sorted by position (see compareItems).
+      log: [],
+      bySeq: new Map(), // seq -> message item: nothing is shown twice
+      maxSeq: 0, // highest seq shown: the `since` of a rejoin
+      minSeq: 0, // lowest seq shown (0: none yet)
+      earlierDone: false, // the server has nothing before minSeq
+      loadingEarlier: false,
+      holes: [], // [{from, to}]: seq ranges owed over HTTP after an incomplete recovery
+      filling: false,
+      // How the history after this connection's join is shown: 'earlier'
+      // (first entry: what was said before) or 'recovered' (a rejoin's since).
+      joinMode: 'earlier',
+      floating: null, // the join notice placed after the history that follows it
+      divider: null, // the "Earlier messages" item
+      members: null, // [{user_name, user_avatar, online}], null until fetched
+      membersStale: true,
+      membersBusy: false,
+      membersAgain: false,
+      joined: false,
+      joining: false,
+      everJoined: false,
+      unread: 0,
+    };
     state.rooms.set(name, entry);
   }
   return entry;
@@ -179,11 +216,18 @@ class NetworkError extends Error {
   }
 }
 
-/** Calls an endpoint; resolves to the JSON body, rejects with NetworkError. */
-async function api(path, params, method = 'POST') {
+/**
+ * Calls an endpoint; resolves to the JSON body, rejects with NetworkError.
+ * GET sends `params` in the query string, POST as a form; `auth` adds the
+ * login token as `Authorization: Bearer` (never in the URL, which logs keep).
+ */
+async function api(path, params, method = 'POST', auth = false) {
   const url = new URL(path, document.baseURI);
   const init = { method, cache: 'no-store', headers: {} };
-  if (params) {
+  if (auth && state.token) init.headers.Authorization = `Bearer ${state.token}`;
+  if (params && method === 'GET') {
+    for (const [key, value] of Object.entries(params)) url.searchParams.set(key, String(value));
+  } else if (params) {
     init.headers['Content-Type'] = 'application/x-www-form-urlencoded';
     init.body = new URLSearchParams(params);
   }
@@ -201,6 +245,23 @@ async function api(path, params, method = 'POST') {
   }
   if (!body || typeof body !== 'object') {
     throw new NetworkError(`HTTP ${response.status} without a JSON body`, response.status);
+  }
+  return body;
+}
+
+/**
+ * A GET of an endpoint that wants the login token (`--require-token`); when
+ * the token is refused (the server restarted) it logs in again once and
+ * retries. Resolves to the body, or null when the user had to log out.
+ */
+async function authedGet(path, params) {
+  const token = state.token;
+  let body = await api(path, params, 'GET', true);
+  if (body.res === 'unauthorized') {
+    // Another call may have logged in again meanwhile: then just retry.
+    if (state.token === token && !(await reauthenticate())) return null;
+    if (!state.user) return null;
+    body = await api(path, params, 'GET', true);
   }
   return body;
 }
@@ -374,6 +435,13 @@ async function refreshRooms() {
   }
   state.listed = rooms;
   renderRoomList();
+  // Seats change without a packet (an admission over HTTP, a seat whose TTL
+  // ran out): when the count disagrees with the member list, fetch it again.
+  const active = state.active ? state.rooms.get(state.active) : null;
+  if (active && active.joined && active.members) {
+    const listed = rooms.find((r) => r.name === active.name);
+    if (listed && listed.population !== active.members.length) loadMembers(active.name);
+  }
 }
 
 async function onCreate(event) {
@@ -452,9 +520,17 @@ async function admitAndJoin(name) {
   }
 }
 
+/**
+ * The WebSocket join. The first entry into a room asks for nothing and gets
+ * the newest messages as history ("Earlier messages"); a rejoin carries
+ * `since`, the highest seq shown, and gets exactly what it missed.
+ */
 function sendJoin(name) {
+  const entry = room(name);
   const data = { user: userField(), room_name: name, msg: '' };
   if (state.token) data.token = state.token;
+  if (entry.everJoined) data.since = entry.maxSeq;
+  entry.joinMode = entry.everJoined ? 'recovered' : 'earlier';
   return send({ type: 'join', data });
 }
 
@@ -567,6 +643,8 @@ function connect() {
       if (entry.joined) addEvent(entry.name, 'Connection lost.');
       entry.joined = false;
       entry.joining = false;
+      entry.floating = null;
+      entry.membersStale = true;
     }
     for (const name of state.leaving) releaseSeat(name);
     state.leaving.clear();
@@ -621,20 +699,21 @@ function onPacket(text) {
   const msg = typeof data.msg === 'string' ? data.msg : '';
   switch (packet.type) {
     case 'msg':
-      if (roomName) addMessage(roomName, who, msg, typeof data.ts === 'number' ? data.ts : Date.now());
+      if (roomName) onMessagePacket(roomName, data, who, msg);
       break;
     case 'user':
-      if (roomName) onPresence(roomName, who, msg);
+      if (roomName) onPresence(roomName, who, msg, data.user);
       break;
     case 'error':
-      onServerError(roomName, msg);
+      if (msg === 'history incomplete' && roomName) onHistoryIncomplete(roomName, data);
+      else onServerError(roomName, msg);
       break;
     default:
       break;
   }
 }
 
-function onPresence(name, who, what) {
+function onPresence(name, who, what, user) {
   const me = state.user && who === state.user.user_name;
   const entry = room(name);
   if (what === 'create' || what === 'join') {
@@ -652,15 +731,25 @@ function onPresence(name, who, what) {
       entry.joined = true;
       entry.joining = false;
       entry.everJoined = true;
-      if (!wasJoined) addEvent(name, again ? 'You are back in the room.' : 'You joined the room.');
+      if (!wasJoined) {
+        // The history of this join follows this packet; the notice moves
+        // down past it (see onMessagePacket), so it reads in order.
+        entry.floating = addEvent(name, again ? 'You are back in the room.' : 'You joined the room.');
+        loadMembers(name);
+        if (entry.holes.length) fillHoles(name);
+      }
       if (!state.active) state.active = name;
     } else {
       addEvent(name, `${who} joined.`);
+      memberJoined(entry, who, user);
     }
   } else if (what === 'leave') {
     if (me) {
       entry.joined = false;
       entry.joining = false;
+      entry.floating = null;
+      entry.members = null;
+      entry.membersStale = true;
       if (state.leaving.delete(name)) {
         addEvent(name, 'You left the room.');
         releaseSeat(name);
@@ -672,6 +761,10 @@ function onPresence(name, who, what) {
       }
     } else {
       addEvent(name, `${who} left.`);
+      // A leave frees the seat, or keeps it for the seat TTL when the
+      // connection dropped, or changes nothing when another of their
+      // connections is still in the room: only the server knows which.
+      memberLeft(entry);
     }
   }
   render();
@@ -706,29 +799,338 @@ function onServerError(name, msg) {
 // Messages
 // ---------------------------------------------------------------------------
 
-function addMessage(name, author, text, ts) {
-  const own = state.user !== null && author === state.user.user_name;
-  push(name, { kind: 'msg', author, text, ts, own });
+// The timeline of a room is one sorted array. Every item has a position:
+// a message sits at its seq; a notice (joined, left, connection lost) sits
+// after the highest seq shown when it happened; the "Earlier messages"
+// divider sits just before the oldest message shown. So a message that
+// arrives late (an older page, a recovered gap) lands where it belongs, and
+// the notices stay between the messages they happened between.
+//
+//   anchor: the seq the item belongs at or after
+//   rank:   0 divider (before the message at anchor), 1 the message at
+//           anchor, 2 notices after it (and messages without a seq)
+//   order:  arrival order among notices at one anchor
+
+let arrivals = 0;
+
+function compareItems(a, b) {
+  return a.anchor - b.anchor || a.rank - b.rank || a.order - b.order;
 }
 
-function addEvent(name, text) {
-  push(name, { kind: 'event', text, ts: Date.now() });
-}
-
-function push(name, item) {
-  const entry = room(name);
-  entry.log.push(item);
-  if (entry.log.length > MAX_LOG) entry.log.splice(0, entry.log.length - MAX_LOG);
-  if (state.active === name) {
-    const list = $('messages');
-    const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
-    list.append(renderItem(item));
-    while (list.childElementCount > MAX_LOG) list.firstElementChild.remove();
-    if (nearBottom || item.own) list.scrollTop = list.scrollHeight;
-  } else if (item.kind === 'msg') {
-    entry.unread += 1;
-    renderTabs();
+/** Puts `item` at its place in the room's log (binary search: the log is sorted). */
+function insertItem(entry, item) {
+  const log = entry.log;
+  let low = 0;
+  let high = log.length;
+  while (low < high) {
+    const mid = (low + high) >> 1;
+    if (compareItems(log[mid], item) <= 0) low = mid + 1;
+    else high = mid;
   }
+  log.splice(low, 0, item);
+}
+
+function removeItem(entry, item) {
+  const index = entry.log.indexOf(item);
+  if (index >= 0) entry.log.splice(index, 1);
+  if (item.node) item.node.remove();
+}
+
+/** A seq as the server sends it: a positive integer, else null (an older server). */
+function seqOf(value) {
+  return Number.isSafeInteger(value) && value > 0 ? value : null;
+}
+
+/**
+ * Adds a message unless its seq is already shown; returns the item, or null
+ * for a duplicate. `source`: 'live', 'earlier' (history from before this
+ * page entered the room) or 'recovered' (missed while disconnected).
+ */
+function addMessage(entry, message, source) {
+  const seq = seqOf(message.seq);
+  if (seq !== null && entry.bySeq.has(seq)) return null;
+  const own = state.user !== null && message.author === state.user.user_name;
+  const item = {
+    kind: 'msg',
+    seq,
+    anchor: seq !== null ? seq : entry.maxSeq,
+    rank: seq !== null ? 1 : 2,
+    order: seq !== null ? 0 : ++arrivals,
+    author: message.author,
+    text: message.text,
+    ts: message.ts,
+    own,
+    source,
+    node: null,
+  };
+  insertItem(entry, item);
+  if (seq !== null) {
+    entry.bySeq.set(seq, item);
+    if (seq > entry.maxSeq) entry.maxSeq = seq;
+    if (entry.minSeq === 0 || seq < entry.minSeq) entry.minSeq = seq;
+  }
+  if (source === 'earlier') placeDivider(entry);
+  if (source !== 'earlier' && !own && state.active !== entry.name) entry.unread += 1;
+  return item;
+}
+
+/** The "Earlier messages" divider goes right before the oldest message shown. */
+function placeDivider(entry) {
+  if (entry.divider && entry.divider.anchor === entry.minSeq) return;
+  if (entry.divider) removeItem(entry, entry.divider);
+  entry.divider = { kind: 'divider', anchor: entry.minSeq, rank: 0, order: 0, node: null };
+  insertItem(entry, entry.divider);
+}
+
+/** A notice in the timeline, after everything shown so far; returns its item. */
+function addEvent(name, text, kind = 'event') {
+  const entry = room(name);
+  const item = { kind, text, ts: Date.now(), anchor: entry.maxSeq, rank: 2, order: ++arrivals, node: null };
+  insertItem(entry, item);
+  trimLog(entry);
+  if (state.active === name) syncList(entry);
+  return item;
+}
+
+/** Keeps at most MAX_LOG items as the conversation grows, dropping the oldest. */
+function trimLog(entry) {
+  if (entry.log.length <= MAX_LOG) return;
+  const dropped = entry.log.splice(0, entry.log.length - MAX_LOG);
+  for (const item of dropped) {
+    if (item.node) item.node.remove();
+    if (item.kind === 'msg' && item.seq !== null) entry.bySeq.delete(item.seq);
+    if (item === entry.divider) entry.divider = null;
+  }
+  const first = entry.log.find((item) => item.kind === 'msg' && item.seq !== null);
+  entry.minSeq = first ? first.seq : 0;
+  entry.earlierDone = false; // what was dropped can be loaded again
+}
+
+function onMessagePacket(name, data, author, text) {
+  const entry = room(name);
+  const seq = seqOf(data.seq);
+  const history = data.history === true;
+  const source = history ? entry.joinMode : 'live';
+  // A live message past a gap (never from a correct server, but cheap to
+  // check): fetch what lies between over HTTP.
+  if (!history && seq !== null && entry.maxSeq > 0 && seq > entry.maxSeq + 1) {
+    addHole(entry, entry.maxSeq + 1, seq - 1);
+  }
+  const item = addMessage(entry, { seq, author, text, ts: typeof data.ts === 'number' ? data.ts : Date.now() }, source);
+  if (!history) {
+    entry.floating = null;
+  } else if (item && entry.floating && seq !== null && seq > entry.floating.anchor) {
+    // The join notice follows the history of its join.
+    removeItem(entry, entry.floating);
+    entry.floating.anchor = seq;
+    insertItem(entry, entry.floating);
+  }
+  if (source === 'live') trimLog(entry);
+  if (state.active === name) syncList(entry, item && item.own ? 'bottom' : 'keep');
+  else if (item) renderTabs();
+  if (entry.holes.length) fillHoles(name);
+}
+
+// ---------------------------------------------------------------------------
+// History: earlier pages and gaps, over HTTP
+// ---------------------------------------------------------------------------
+
+/** Adds messages of a `chatroom/history` answer; returns how many were new. */
+function addHistoryRows(entry, rows, source) {
+  let added = 0;
+  for (const row of rows) {
+    if (!row || typeof row !== 'object' || seqOf(row.seq) === null) continue;
+    const author = row.user && typeof row.user.user_name === 'string' ? row.user.user_name : '';
+    const message = {
+      seq: row.seq,
+      author,
+      text: typeof row.msg === 'string' ? row.msg : '',
+      ts: typeof row.ts === 'number' ? row.ts : Date.now(),
+    };
+    if (addMessage(entry, message, source)) added += 1;
+  }
+  return added;
+}
+
+function canLoadEarlier(entry) {
+  return entry.minSeq > 1 && !entry.earlierDone;
+}
+
+/** "Load earlier messages": the page before the oldest message shown. */
+async function loadEarlier(name) {
+  const entry = room(name);
+  if (!state.user || entry.loadingEarlier || !canLoadEarlier(entry)) return;
+  entry.loadingEarlier = true;
+  renderHistoryControls();
+  let body = null;
+  let failure = null;
+  try {
+    body = await authedGet('chatroom/history', { room_name: name, before: entry.minSeq, limit: HISTORY_PAGE });
+  } catch (e) {
+    failure = failureText(e);
+  }
+  entry.loadingEarlier = false;
+  if (!state.user || state.rooms.get(name) !== entry) return;
+  if (body && body.res === 'get history successfully' && Array.isArray(body.messages)) {
+    addHistoryRows(entry, body.messages, 'earlier');
+    if (body.has_more !== true) entry.earlierDone = true;
+    if (state.active === name) syncList(entry, 'prepend');
+  } else if (body) {
+    notify(`Cannot load earlier messages of “${name}”: ${explainHttp(body.res, 'history', body.error)}`, 'error');
+  } else if (failure) {
+    notify(`Cannot load earlier messages: ${failure}`, 'error');
+  }
+  renderHistoryControls();
+}
+
+/** Remembers a seq range to fetch over HTTP, merged with those already owed. */
+function addHole(entry, from, to) {
+  if (to < from) return;
+  entry.holes.push({ from, to });
+  entry.holes.sort((a, b) => a.from - b.from);
+  const merged = [];
+  for (const hole of entry.holes) {
+    const last = merged[merged.length - 1];
+    if (last && hole.from <= last.to + 1) last.to = Math.max(last.to, hole.to);
+    else merged.push({ ...hole });
+  }
+  entry.holes = merged;
+}
+
+/**
+ * The rejoin's `since` reached back further than the server recovers over
+ * the WebSocket (more than 300 missed, or some no longer kept): it sends the
+ * newest part (first_seq..last_seq) and the page fetches the rest.
+ */
+function onHistoryIncomplete(name, data) {
+  const entry = room(name);
+  const since = Number.isSafeInteger(data.since) && data.since >= 0 ? data.since : entry.maxSeq;
+  const first = seqOf(data.first_seq);
+  if (first === null) return;
+  addHole(entry, since + 1, first - 1);
+  fillHoles(name);
+}
+
+/**
+ * Fetches the owed ranges with `after=`, oldest first, in pages. Messages
+ * the server no longer keeps are marked where they were, once. A failed
+ * request keeps the range owed: the next successful join tries again.
+ */
+async function fillHoles(name) {
+  const entry = room(name);
+  if (entry.filling || !state.user) return;
+  entry.filling = true;
+  try {
+    while (entry.holes.length && state.rooms.get(name) === entry && state.user) {
+      const hole = entry.holes[0];
+      const limit = Math.min(GAP_PAGE, hole.to - hole.from + 1);
+      let body;
+      try {
+        body = await authedGet('chatroom/history', { room_name: name, after: hole.from - 1, limit });
+      } catch (e) {
+        return; // offline: the reconnect's join calls again
+      }
+      if (!body || body.res !== 'get history successfully' || !Array.isArray(body.messages)) {
+        entry.holes.shift(); // the room is gone, or the server refuses: nothing to fill
+        continue;
+      }
+      // Oldest first: the first seq returned is the oldest kept after hole.from - 1.
+      const seqs = body.messages.map((row) => seqOf(row && row.seq)).filter((seq) => seq !== null);
+      const firstKept = seqs.length ? Math.min(...seqs) : Infinity;
+      if (firstKept > hole.from) markLost(entry, hole.from, Math.min(hole.to, firstKept - 1));
+      addHistoryRows(entry, body.messages, 'recovered');
+      const next = seqs.length ? Math.max(...seqs) + 1 : hole.to + 1;
+      if (next > hole.to || body.has_more !== true) {
+        entry.holes.shift();
+        // Nothing more after `next`, yet the range is not complete: not kept.
+        if (next <= hole.to && body.has_more !== true) markLost(entry, next, hole.to);
+      } else {
+        hole.from = next;
+      }
+      if (state.active === name) syncList(entry, 'keep');
+      renderTabs();
+    }
+  } finally {
+    entry.filling = false;
+  }
+}
+
+/** The notice "some messages could not be recovered", placed where they were. */
+function markLost(entry, from, to) {
+  const count = to - from + 1;
+  const what = count === 1 ? `message #${from} is` : `${count} messages (#${from}–#${to}) are`;
+  const item = {
+    kind: 'gap',
+    text: `Some messages could not be recovered: ${what} no longer kept by the server.`,
+    ts: Date.now(),
+    anchor: from - 1,
+    rank: 2,
+    order: ++arrivals,
+    node: null,
+  };
+  insertItem(entry, item);
+}
+
+// ---------------------------------------------------------------------------
+// Presence: who holds a seat, and who is connected
+// ---------------------------------------------------------------------------
+
+/**
+ * Fetches the member list of a room; one request at a time per room, and
+ * one more afterwards when something changed meanwhile.
+ */
+async function loadMembers(name) {
+  const entry = room(name);
+  if (!state.user) return;
+  if (entry.membersBusy) {
+    entry.membersAgain = true;
+    return;
+  }
+  entry.membersBusy = true;
+  try {
+    do {
+      entry.membersAgain = false;
+      let body;
+      try {
+        body = await authedGet('chatroom/members', { room_name: name });
+      } catch (e) {
+        return; // offline; the next join fetches again
+      }
+      if (!body || state.rooms.get(name) !== entry || !entry.joined) return;
+      if (body.res === 'get members successfully' && Array.isArray(body.members)) {
+        entry.members = body.members
+          .filter((m) => m && typeof m.user_name === 'string')
+          .map((m) => ({
+            user_name: m.user_name,
+            user_avatar: typeof m.user_avatar === 'string' ? m.user_avatar : '',
+            online: m.online === true,
+          }));
+        entry.membersStale = false;
+        if (state.active === name) renderMembers();
+      }
+    } while (entry.membersAgain);
+  } finally {
+    entry.membersBusy = false;
+  }
+}
+
+/** Someone joined: they hold a seat and are connected; no request needed. */
+function memberJoined(entry, who, user) {
+  // A list on its way may predate this join: fetch once more after it.
+  if (entry.membersBusy) entry.membersAgain = true;
+  if (!entry.members || !who) return;
+  const avatar = user && typeof user.user_avatar === 'string' ? user.user_avatar : '';
+  const member = entry.members.find((m) => m.user_name === who);
+  if (member) member.online = true;
+  else entry.members.push({ user_name: who, user_avatar: avatar, online: true });
+  if (state.active === entry.name) renderMembers();
+}
+
+/** Someone left: whether they keep a seat or another connection, the server says. */
+function memberLeft(entry) {
+  if (!entry.joined) return;
+  if (state.active === entry.name) loadMembers(entry.name);
+  else entry.membersStale = true;
 }
 
 function onSend(event) {
@@ -765,25 +1167,125 @@ function el(tag, className, text) {
 }
 
 function timeElement(ts) {
-  const date = new Date(ts);
-  const node = el('time', 'time', date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }));
+  const date = new Date(Number.isFinite(ts) ? ts : Date.now());
+  // Earlier messages may be days old: those show their date too.
+  const today = new Date().toDateString() === date.toDateString();
+  const text = today
+    ? date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
+    : date.toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+  const node = el('time', 'time', text);
   node.dateTime = date.toISOString();
   node.title = date.toLocaleString();
   return node;
 }
 
 function renderItem(item) {
-  if (item.kind === 'event') {
-    const li = el('li', 'event');
+  if (item.kind === 'divider') {
+    const li = el('li', 'divider', 'Earlier messages');
+    li.dataset.testid = 'earlier-divider';
+    return li;
+  }
+  if (item.kind === 'event' || item.kind === 'gap') {
+    const li = el('li', item.kind === 'gap' ? 'event gap' : 'event');
+    if (item.kind === 'gap') li.dataset.testid = 'history-gap';
     li.append(timeElement(item.ts), ' · ', el('span', 'event-text', item.text));
     return li;
   }
   const li = el('li', item.own ? 'message own' : 'message other');
+  if (item.source === 'earlier') li.classList.add('history');
+  if (item.source === 'recovered') li.classList.add('recovered');
   li.dataset.author = item.author;
+  if (item.seq !== null) li.dataset.seq = String(item.seq);
   const meta = el('div', 'meta');
   meta.append(el('span', 'author', item.own ? `${item.author} (you)` : item.author), timeElement(item.ts));
   li.append(meta, el('p', 'text', item.text));
   return li;
+}
+
+/**
+ * Brings the timeline in line with the active room's log, moving only what
+ * changed (each item keeps its element). `scroll`: 'keep' leaves the view
+ * where it is unless it was at the bottom, 'bottom' goes to the newest,
+ * 'prepend' keeps the messages in view in place as older ones go above.
+ */
+function syncList(entry, scroll = 'keep') {
+  if (!entry || state.active !== entry.name) return;
+  const timeline = $('timeline');
+  const list = $('messages');
+  const switched = list.dataset.room !== entry.name;
+  if (switched) {
+    list.replaceChildren();
+    list.dataset.room = entry.name;
+  }
+  const fromBottom = timeline.scrollHeight - timeline.scrollTop;
+  const atBottom = fromBottom - timeline.clientHeight < 80;
+  let child = list.firstElementChild;
+  for (const item of entry.log) {
+    if (!item.node) item.node = renderItem(item);
+    if (child === item.node) {
+      child = child.nextElementSibling;
+    } else {
+      list.insertBefore(item.node, child);
+    }
+  }
+  while (child) {
+    const next = child.nextElementSibling;
+    child.remove();
+    child = next;
+  }
+  if (switched || scroll === 'bottom' || (scroll === 'keep' && atBottom)) {
+    timeline.scrollTop = timeline.scrollHeight;
+  } else if (scroll === 'prepend') {
+    timeline.scrollTop = timeline.scrollHeight - fromBottom;
+  }
+  renderHistoryControls();
+}
+
+/** The "Load earlier messages" button, and the note where history begins. */
+function renderHistoryControls() {
+  const entry = state.active ? state.rooms.get(state.active) : null;
+  const button = $('load-earlier');
+  const more = Boolean(entry && canLoadEarlier(entry));
+  button.hidden = !more;
+  const busy = Boolean(entry && entry.loadingEarlier);
+  button.disabled = busy;
+  button.setAttribute('aria-busy', String(busy));
+  button.textContent = busy ? 'Loading earlier messages…' : 'Load earlier messages';
+  $('history-start').hidden = !(entry && entry.minSeq > 0 && !more);
+}
+
+function renderMembers() {
+  const entry = state.active ? state.rooms.get(state.active) : null;
+  const panel = $('members-panel');
+  if (!entry || !entry.members) {
+    panel.hidden = true;
+    $('members').replaceChildren();
+    return;
+  }
+  panel.hidden = false;
+  const me = state.user ? state.user.user_name : '';
+  const members = [...entry.members].sort(
+    (a, b) => Number(b.user_name === me) - Number(a.user_name === me) ||
+      Number(b.online) - Number(a.online) ||
+      a.user_name.localeCompare(b.user_name),
+  );
+  const online = members.filter((m) => m.online).length;
+  const people = members.length === 1 ? '1 person' : `${members.length} people`;
+  let summary = `${people} · ${online} online`;
+  if (entry.membersStale && !entry.joined) summary += ' (as last seen)';
+  $('members-summary').textContent = summary;
+  $('members').replaceChildren(
+    ...members.map((m) => {
+      const li = el('li');
+      li.dataset.user = m.user_name;
+      li.dataset.presence = m.online ? 'online' : 'seat';
+      li.append(
+        el('span', 'member-name', m.user_name === me ? `${m.user_name} (you)` : m.user_name),
+        el('span', 'presence', m.online ? 'online' : 'seat kept, not connected'),
+      );
+      return li;
+    }),
+  );
 }
 
 function renderRoomList() {
@@ -818,6 +1320,7 @@ function renderTabs() {
       state.active = name;
       entry.unread = 0;
       render();
+      if (entry.joined && entry.membersStale) loadMembers(name);
     });
     return button;
   });
@@ -837,12 +1340,15 @@ function render() {
   } else {
     title.textContent = `${name} — joining…`;
   }
-  const list = $('messages');
-  if (list.dataset.room !== (name || '') || list.childElementCount !== (entry ? entry.log.length : 0)) {
-    list.dataset.room = name || '';
-    list.replaceChildren(...(entry ? entry.log.map(renderItem) : []));
-    list.scrollTop = list.scrollHeight;
+  if (entry) {
+    syncList(entry);
+  } else {
+    const list = $('messages');
+    list.replaceChildren();
+    list.dataset.room = '';
+    renderHistoryControls();
   }
+  renderMembers();
   const canChat = Boolean(entry && entry.joined);
   $('message-input').disabled = !canChat;
   $('message-send').disabled = !canChat;
@@ -877,6 +1383,18 @@ function start() {
     if (state.active) leaveRoom(state.active);
   });
   $('logout').addEventListener('click', () => leaveChat(null));
+  $('load-earlier').addEventListener('click', () => {
+    if (state.active) loadEarlier(state.active);
+  });
+  // Scrolling up to the top loads the page before, as the button does.
+  $('timeline').addEventListener(
+    'scroll',
+    () => {
+      const entry = state.active ? state.rooms.get(state.active) : null;
+      if (entry && $('timeline').scrollTop <= EARLIER_SCROLL_PX && canLoadEarlier(entry)) loadEarlier(entry.name);
+    },
+    { passive: true },
+  );
   window.addEventListener('online', retryNow);
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden) retryNow();
