@@ -30,4 +30,4 @@ export CHATROOM_BIN
 CHATROOM_BIN="$(cd "$target_dir" && pwd)/debug/chatroom"
 
 cd browser-tests
-node --test --test-reporter=spec chat.test.mjs
+node --test --test-concurrency=1 --test-reporter=spec chat.test.mjs history.test.mjs

@@ -13,7 +13,8 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import {
-  artifactsDir, byId, launchBrowser, openClient, startServer, waitMessage, waitText,
+  artifactsDir, byId, launchBrowser, logIn, openClient, register, roomEntry, say, startServer, steps, waitMessage,
+  waitText,
 } from './harness.mjs';
 
 const ROOM = '大厅 lobby';
@@ -40,45 +41,10 @@ after(async () => {
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
 
-async function register(page, user) {
-  await page.fill(byId('register-tel'), user.tel);
-  await page.fill(byId('register-name'), user.name);
-  await page.fill(byId('register-password'), user.password);
-  await page.click(byId('register-submit'));
-}
-
-async function logIn(page, user) {
-  await page.fill(byId('login-tel'), user.tel);
-  await page.fill(byId('login-password'), user.password);
-  await page.click(byId('login-submit'));
-}
-
-async function say(page, text) {
-  await page.fill(byId('message-input'), text);
-  await page.click(byId('message-send'));
-}
-
-const roomEntry = (name) => `${byId('room-list')} button[data-room="${name}"]`;
-
 test('two people chat in the browser', { timeout: 240000 }, async (parent) => {
   // The steps build on each other: after a failure the rest are skipped
   // rather than failing for the same reason.
-  let broken = null;
-  const t = {
-    test: (name, fn) =>
-      parent.test(name, async (step) => {
-        if (broken) {
-          step.skip(`skipped: "${broken}" failed`);
-          return;
-        }
-        try {
-          await fn(step);
-        } catch (error) {
-          broken = name;
-          throw error;
-        }
-      }),
-  };
+  const t = steps(parent);
   await t.test('the page is served and shows the login and register forms', async () => {
     for (const client of [ann, ming]) {
       assert.equal(await client.page.title(), 'Chatroom');

@@ -1204,9 +1204,10 @@ function renderItem(item) {
 
 /**
  * Brings the timeline in line with the active room's log, moving only what
- * changed (each item keeps its element). `scroll`: 'keep' leaves the view
- * where it is unless it was at the bottom, 'bottom' goes to the newest,
- * 'prepend' keeps the messages in view in place as older ones go above.
+ * changed (each item keeps its element). `scroll`: 'keep' follows the newest
+ * when the view was at the bottom and otherwise keeps what is in view in
+ * place (a recovered message may go in above it), 'bottom' goes to the
+ * newest, 'prepend' keeps what is in view in place as older ones go above.
  */
 function syncList(entry, scroll = 'keep') {
   if (!entry || state.active !== entry.name) return;
@@ -1217,8 +1218,23 @@ function syncList(entry, scroll = 'keep') {
     list.replaceChildren();
     list.dataset.room = entry.name;
   }
-  const fromBottom = timeline.scrollHeight - timeline.scrollTop;
-  const atBottom = fromBottom - timeline.clientHeight < 80;
+  const atBottom = timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < 80;
+  // What the reader looks at: the first element at or below the top edge,
+  // and where it is, to put it back there after older items went above it.
+  let anchor = null;
+  let anchorTop = 0;
+  const stay = !switched && (scroll === 'prepend' || (scroll === 'keep' && !atBottom));
+  if (stay) {
+    const top = timeline.getBoundingClientRect().top;
+    for (const node of list.children) {
+      const box = node.getBoundingClientRect();
+      if (box.bottom > top) {
+        anchor = node;
+        anchorTop = box.top;
+        break;
+      }
+    }
+  }
   let child = list.firstElementChild;
   for (const item of entry.log) {
     if (!item.node) item.node = renderItem(item);
@@ -1233,12 +1249,12 @@ function syncList(entry, scroll = 'keep') {
     child.remove();
     child = next;
   }
-  if (switched || scroll === 'bottom' || (scroll === 'keep' && atBottom)) {
+  renderHistoryControls(); // above the list: before measuring
+  if (!stay) {
     timeline.scrollTop = timeline.scrollHeight;
-  } else if (scroll === 'prepend') {
-    timeline.scrollTop = timeline.scrollHeight - fromBottom;
+  } else if (anchor && anchor.isConnected) {
+    timeline.scrollTop += anchor.getBoundingClientRect().top - anchorTop;
   }
-  renderHistoryControls();
 }
 
 /** The "Load earlier messages" button, and the note where history begins. */
