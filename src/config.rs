@@ -190,6 +190,14 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 2000)]
     pub max_msg_chars: usize,
 
+    /// Newest messages kept per room, for history and recovery; 0 turns history off.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub history_size: u32,
+
+    /// Newest messages a joiner receives right after its join (0: none).
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub history_on_join: u32,
+
     /// Sustained WebSocket packets per second per connection; 0 turns the limit off.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub ws_rate: u32,
@@ -246,6 +254,8 @@ impl Cli {
                 max_msg_chars: self.max_msg_chars,
                 ws_rate: self.ws_rate,
                 ws_burst: self.ws_burst.max(1),
+                history_size: self.history_size as usize,
+                history_on_join: self.history_on_join as usize,
             },
             allowed_origins: self.allowed_origins,
             ws_limits: WsLimits {

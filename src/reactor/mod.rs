@@ -7,6 +7,7 @@ mod outqueue;
 mod timers;
 mod websocket;
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +26,7 @@ use crate::config::Config;
 use crate::http::request::{Event as HttpEvent, HttpError, Request, RequestParser};
 use crate::http::response::{Response, CONTINUE};
 use crate::metrics::{Gauges, Metrics};
-use crate::store::{Completion, DataDir, Writer};
+use crate::store::{Completion, DataDir, Replayed, RoomLog, Writer};
 use signal_hook_mio::v1_0::Signals;
 
 pub use outqueue::{Flushed, OutQueue, SpareRings};
@@ -249,7 +250,11 @@ pub struct ReactorParts {
     pub http_listener: TcpListener,
     pub ws_listener: TcpListener,
     pub config: Config,
-    pub state: ChatState,
+    /// Users and rooms as replayed: the chat state is built on the reactor
+    /// thread, because what it holds (shared frames) may not cross threads.
+    pub replayed: Replayed,
+    /// Each room's retained messages and last seq, as the log replayed them.
+    pub history: HashMap<String, RoomLog>,
     pub api_config: ApiConfig,
     pub helper_events: Receiver<HelperEvent>,
     pub hash_pool: HashPool,
@@ -267,7 +272,8 @@ impl Reactor {
             mut http_listener,
             mut ws_listener,
             config,
-            state,
+            replayed,
+            history,
             api_config,
             helper_events,
             hash_pool,
@@ -276,7 +282,9 @@ impl Reactor {
             stop,
             mut signals,
         } = parts;
-        let api = Api::new(state, api_config);
+        let state = ChatState::from_replay(replayed, config.seat_ttl);
+        let mut api = Api::new(state, api_config);
+        api.restore_history(history);
         poll.registry()
             .register(&mut http_listener, HTTP_LISTENER, Interest::READABLE)?;
         poll.registry()
@@ -958,6 +966,14 @@ impl Reactor {
         }
     }
 
+    /// Hands this turn's chat messages to the message log; their frames
+    /// wait until it reports them written.
+    fn submit_messages(&mut self) {
+        while let Some((id, _records)) = self.api.poll_message_append() {
+            self.api.handle_messages_written(id);
+        }
+    }
+
     fn drain_helper_events(&mut self, now: Now) {
         while let Ok(event) = self.helper_events.try_recv() {
             match event {
@@ -984,6 +1000,7 @@ impl Reactor {
     }
 
     fn end_of_turn(&mut self, now: Now) {
+        self.submit_messages();
         self.deliver_frames(now);
         // One pass per turn, so one flooding client cannot hold the loop.
         for key in std::mem::take(&mut self.resume_reads) {
