@@ -78,9 +78,11 @@ impl FromStr for Cidr {
             Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
                 match digits.parse::<u8>() {
                     Ok(len) if len <= max_len => len,
-                    _ => return Err(format!(
+                    _ => {
+                        return Err(format!(
                         "`/{digits}` in `{text}` is longer than the {max_len} bits of the address"
-                    )),
+                    ))
+                    }
                 }
             }
             Some(other) => {
