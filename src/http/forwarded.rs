@@ -189,8 +189,8 @@ impl ClientAddress {
 /// is the client. Only the entries walked are judged: one that is not a
 /// bare IP address (a port, brackets, `unknown`) before the client is found
 /// makes the header malformed. Entries left of the client were written by
-/// the client itself and are never read, so a client cannot steer its
-/// request to any other address by writing garbage there. Empty list
+/// the client itself and are never read, so garbage a client writes there
+/// cannot make its request count as the proxy's. Empty list
 /// elements are skipped (RFC 9110 §5.6.1); a header with nothing else counts
 /// as absent. If the walk ends without a client (no header, or every entry
 /// trusted), a single well-formed `X-Real-IP` names it; several are
