@@ -172,6 +172,14 @@ impl Server {
     pub fn run(self) -> io::Result<()> {
         log::info!("HTTP API listening on {}", self.http_addr);
         log::info!("WebSocket chat listening on {}", self.ws_addr);
+        let trusted = &self.parts.config.trusted_proxies;
+        if !trusted.is_empty() {
+            let ranges: Vec<String> = trusted.ranges().iter().map(|r| r.to_string()).collect();
+            log::info!(
+                "trusting X-Forwarded-For and X-Real-IP from peers in {}",
+                ranges.join(", ")
+            );
+        }
         Reactor::new(self.parts)?.run()
     }
 

@@ -325,7 +325,9 @@ impl Api {
     }
 
     /// Answers a request now, or starts the work its answer waits on.
-    pub fn handle(&mut self, conn: ConnRef, request: &Request, peer: IpAddr, now: Now) -> Outcome {
+    /// `from` is the client's address: the peer's, or the one a trusted
+    /// proxy named (`http::forwarded`); per-address limits count by it.
+    pub fn handle(&mut self, conn: ConnRef, request: &Request, from: IpAddr, now: Now) -> Outcome {
         let Some(endpoint) = route(request.path()) else {
             return Outcome::Reply(Response::res(404, "not found"));
         };
@@ -355,7 +357,7 @@ impl Api {
         };
         let result = match endpoint {
             Endpoint::Register => self.register(conn, &params),
-            Endpoint::Login => self.login(conn, &params, client_key(peer), now),
+            Endpoint::Login => self.login(conn, &params, client_key(from), now),
             Endpoint::List => Ok(Outcome::Reply(self.list())),
             Endpoint::Create => self.create(conn, &params, now),
             Endpoint::Room => self.room(&params, now),
