@@ -90,7 +90,8 @@ fn two_members_see_each_others_messages_and_their_own_echo() {
     assert_eq!(own["data"]["room_name"], "lobby");
     assert_eq!(own["data"]["msg"], "hello bob");
     let keys: Vec<&String> = own["data"].as_object().unwrap().keys().collect();
-    assert_eq!(keys.len(), 4, "user, room_name, msg, ts: {own}");
+    assert_eq!(keys.len(), 5, "user, room_name, msg, ts, seq: {own}");
+    assert_eq!(own["data"]["seq"], 1, "the room's first message");
 
     bob.send(&packet("msg", "bob", "", "lobby", "héllo ✓ 你好"));
     let own = bob.expect("msg", "bob", "lobby", "héllo ✓ 你好");
@@ -341,6 +342,9 @@ fn full_room_over_websocket() {
     for client in [&mut a, &mut b, &mut a2] {
         client.expect("user", "a", "pair", "join");
     }
+    // The newcomer connection catches up on what was said (SPEC §8).
+    let earlier = a2.expect("msg", "a", "pair", "marker");
+    assert_eq!(earlier["data"]["history"], true);
     assert_eq!(server.population("pair"), 2);
 
     // HTTP admission agrees.

@@ -20,9 +20,11 @@ use crate::http::response::{Response, ALLOWED_METHODS};
 use crate::store::{BatchId, Completion, Record, RoomRecord, UserRecord};
 
 mod chat;
+mod history;
 mod limits;
 
 pub use chat::{ChatConfig, RateBucket};
+pub use history::HistoryCounters;
 use limits::{client_key, FailureWindow};
 
 /// SPEC §2.3: 5 failed logins per phone number in 15 minutes, 30 per client
@@ -103,6 +105,8 @@ enum Endpoint {
     Create,
     Room,
     UserData,
+    History,
+    Members,
     Health,
 }
 
@@ -116,6 +120,8 @@ pub fn endpoint_label(path: &str) -> &'static str {
         "/chatroom/create" => "/chatroom/create",
         "/chatroom/room" => "/chatroom/room",
         "/auth/user_data" => "/auth/user_data",
+        "/chatroom/history" => "/chatroom/history",
+        "/chatroom/members" => "/chatroom/members",
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         "/ws" => "/ws",
@@ -132,6 +138,8 @@ fn route(path: &str) -> Option<Endpoint> {
         "/chatroom/create" => Some(Endpoint::Create),
         "/chatroom/room" => Some(Endpoint::Room),
         "/auth/user_data" => Some(Endpoint::UserData),
+        "/chatroom/history" => Some(Endpoint::History),
+        "/chatroom/members" => Some(Endpoint::Members),
         "/healthz" => Some(Endpoint::Health),
         _ => None,
     }
@@ -158,6 +166,8 @@ pub struct Api {
     /// Frames for WebSocket connections, resolved to recipients when they
     /// were produced (membership may change before the reactor drains it).
     outbox: Vec<(ConnRef, Rc<[u8]>)>,
+    /// Chat messages and their seqs (SPEC §8): what waits for the log.
+    messages: history::MessageFlow,
 }
 
 fn invalid(error: String) -> Response {
@@ -292,6 +302,7 @@ impl Api {
             last_token_purge: None,
             sessions: HashMap::new(),
             outbox: Vec::new(),
+            messages: history::MessageFlow::default(),
             login_failures_by_user: FailureWindow::new(
                 LOGIN_FAILURES_PER_USER,
                 LOGIN_USER_WINDOW,
@@ -314,7 +325,9 @@ impl Api {
     }
 
     /// Answers a request now, or starts the work its answer waits on.
-    pub fn handle(&mut self, conn: ConnRef, request: &Request, peer: IpAddr, now: Now) -> Outcome {
+    /// `from` is the client's address: the peer's, or the one a trusted
+    /// proxy named (`http::forwarded`); per-address limits count by it.
+    pub fn handle(&mut self, conn: ConnRef, request: &Request, from: IpAddr, now: Now) -> Outcome {
         let Some(endpoint) = route(request.path()) else {
             return Outcome::Reply(Response::res(404, "not found"));
         };
@@ -344,11 +357,13 @@ impl Api {
         };
         let result = match endpoint {
             Endpoint::Register => self.register(conn, &params),
-            Endpoint::Login => self.login(conn, &params, client_key(peer), now),
+            Endpoint::Login => self.login(conn, &params, client_key(from), now),
             Endpoint::List => Ok(Outcome::Reply(self.list())),
             Endpoint::Create => self.create(conn, &params, now),
             Endpoint::Room => self.room(&params, now),
             Endpoint::UserData => self.user_data(&params),
+            Endpoint::History => self.history(request, &params, now),
+            Endpoint::Members => self.members(request, &params, now),
             Endpoint::Health => Ok(Outcome::Reply(Response::json(
                 200,
                 &serde_json::json!({"status": "ok"}),
@@ -711,7 +726,10 @@ impl Api {
 
     /// Work still owed to clients: password jobs or writes in flight.
     pub fn has_pending_work(&self) -> bool {
-        !self.password_waits.is_empty() || !self.batches.is_empty() || !self.unsubmitted.is_empty()
+        !self.password_waits.is_empty()
+            || !self.batches.is_empty()
+            || !self.unsubmitted.is_empty()
+            || self.messages.has_unwritten()
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{hash_password, verify_password, HashCost};
 use crate::http::request::Header;
-use crate::store::Replayed;
+use crate::store::{MessageRecord, Replayed, RoomLog};
 
 const CHEAP: HashCost = HashCost {
     memory_kib: 8,
@@ -33,6 +33,10 @@ fn chat_config() -> ChatConfig {
         max_msg_chars: 2000,
         ws_rate: 0,
         ws_burst: 40,
+        history_size: 1000,
+        // Most tests count the frames of a join: history on join is off
+        // unless a test turns it on.
+        history_on_join: 0,
     }
 }
 
@@ -68,6 +72,8 @@ struct Harness {
     api: Api,
     start: Instant,
     now: Now,
+    /// Every message record the API handed to the log, in order.
+    log: Vec<MessageRecord>,
 }
 
 impl Harness {
@@ -94,6 +100,7 @@ impl Harness {
         let start = Instant::now();
         Harness {
             api: Api::new(state, config),
+            log: Vec::new(),
             start,
             now: Now {
                 mono: start,
@@ -251,7 +258,18 @@ impl Harness {
         self.api.ws_open(conn, None, self.now);
     }
 
+    /// What the connections receive once the log has written every
+    /// accepted message (the message log's part, played at once).
     fn frames(&mut self) -> Vec<(ConnRef, Value)> {
+        while let Some((id, records)) = self.api.poll_message_append() {
+            self.log.extend(records);
+            self.api.handle_messages_written(id);
+        }
+        self.frames_now()
+    }
+
+    /// What the connections receive now, with any message still unwritten.
+    fn frames_now(&mut self) -> Vec<(ConnRef, Value)> {
         let mut out = Vec::new();
         self.api.swap_outbox(&mut out);
         out.iter()
@@ -861,8 +879,14 @@ fn typed_spaces_and_dashes_in_phone_numbers_are_the_same_number() {
         "the stored number has no spaces or dashes"
     );
     assert_eq!(res(&h.login("13800138000", PASSWORD)), "login successfully");
-    assert_eq!(res(&h.login("138-0013-8000", PASSWORD)), "login successfully");
-    assert_eq!(res(&h.login(" 138 00138000 ", PASSWORD)), "login successfully");
+    assert_eq!(
+        res(&h.login("138-0013-8000", PASSWORD)),
+        "login successfully"
+    );
+    assert_eq!(
+        res(&h.login(" 138 00138000 ", PASSWORD)),
+        "login successfully"
+    );
     // Other characters are still refused.
     let response = h.login("138.0013.8000", PASSWORD);
     assert_eq!(response.status, 400);
@@ -873,10 +897,15 @@ fn typed_spaces_and_dashes_in_phone_numbers_are_the_same_number() {
 #[test]
 fn user_tel_is_a_number_only_when_a_32_bit_int_can_hold_it() {
     let mut h = Harness::new(config());
-    for (tel, name) in [("2147483647", "ann"), ("2147483648", "bob"), ("0123", "cat")] {
+    for (tel, name) in [
+        ("2147483647", "ann"),
+        ("2147483648", "bob"),
+        ("0123", "cat"),
+    ] {
         assert_eq!(res(&h.register(tel, name, "")), "register successfully");
     }
-    let tel_of = |h: &mut Harness, tel: &str| body(&h.login(tel, PASSWORD))["data"]["user_tel"].clone();
+    let tel_of =
+        |h: &mut Harness, tel: &str| body(&h.login(tel, PASSWORD))["data"]["user_tel"].clone();
     assert_eq!(tel_of(&mut h, "2147483647"), json!(2147483647));
     assert_eq!(tel_of(&mut h, "2147483648"), Value::Null);
     assert_eq!(tel_of(&mut h, "0123"), Value::Null, "not canonical");
@@ -889,7 +918,10 @@ fn user_data_answers_a_public_profile_in_both_shapes() {
         res(&h.register("12345", "ann", "https://example.com/a.png")),
         "register successfully"
     );
-    assert_eq!(res(&h.register("13800138000", "bob", "")), "register successfully");
+    assert_eq!(
+        res(&h.register("13800138000", "bob", "")),
+        "register successfully"
+    );
     let ann = json!({
         "user_tel": 12345,
         "user_name": "ann",
@@ -918,7 +950,10 @@ fn user_data_answers_a_public_profile_in_both_shapes() {
     assert_eq!(body(&response)["data"]["user_tel"], Value::Null);
     assert_eq!(body(&response)["data"]["user"]["user_name"], "bob");
     let text = String::from_utf8(response.body.clone()).unwrap();
-    assert!(!text.contains("argon2") && !text.contains("token"), "{text}");
+    assert!(
+        !text.contains("argon2") && !text.contains("token"),
+        "{text}"
+    );
 
     for target in [
         "/auth/user_data?user_name=nobody",
@@ -2053,7 +2088,11 @@ fn msg_reaches_every_member_with_a_timestamp() {
         assert_eq!(value["type"], "msg");
         let data = value["data"].as_object().unwrap();
         let keys: BTreeSet<&str> = data.keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["user", "room_name", "msg", "ts"]));
+        assert_eq!(
+            keys,
+            BTreeSet::from(["user", "room_name", "msg", "ts", "seq"])
+        );
+        assert_eq!(data["seq"], 1);
         assert_eq!(data["user"]["user_name"], "bob");
         assert_eq!(data["room_name"], "hall");
         assert_eq!(data["msg"], "hello, 世界");
@@ -2684,3 +2723,5 @@ fn closing_every_connection_at_shutdown_tells_nobody_and_starts_the_ttls() {
     h.tick(h.at(TTL));
     assert_eq!(h.api.state().seats_held(), 0);
 }
+
+mod history;

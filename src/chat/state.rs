@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use super::history::RoomHistory;
 use crate::store::{Replayed, RoomRecord, UserRecord};
 
 pub type UserId = u32;
@@ -34,6 +35,7 @@ pub struct Room {
     seats: HashMap<UserId, Seat>,
     /// Connections subscribed to the room and the user each is bound to.
     members: Vec<(ConnId, UserId)>,
+    history: RoomHistory,
 }
 
 impl Room {
@@ -47,6 +49,18 @@ impl Room {
 
     pub fn is_full(&self) -> bool {
         self.seats.len() >= self.capacity as usize
+    }
+
+    /// Every seat's user and whether that user has a WebSocket connection
+    /// in the room now.
+    pub fn seats(&self) -> impl Iterator<Item = (UserId, bool)> + '_ {
+        self.seats
+            .iter()
+            .map(|(user, seat)| (*user, seat.connections > 0))
+    }
+
+    pub fn history(&self) -> &RoomHistory {
+        &self.history
     }
 }
 
@@ -176,6 +190,12 @@ impl ChatState {
         self.rooms.get(id as usize)
     }
 
+    pub fn history_mut(&mut self, id: RoomId) -> Option<&mut RoomHistory> {
+        self.rooms
+            .get_mut(id as usize)
+            .map(|room| &mut room.history)
+    }
+
     /// Rooms in creation order.
     pub fn rooms(&self) -> impl Iterator<Item = &Room> {
         self.rooms.iter()
@@ -240,6 +260,7 @@ impl ChatState {
             capacity: record.capacity,
             seats: HashMap::new(),
             members: Vec::new(),
+            history: RoomHistory::default(),
         });
         id
     }
@@ -356,10 +377,7 @@ impl ChatState {
         room.seats.remove(&user);
         self.seats_held -= 1;
         let remembered_until = now + self.seat_ttl;
-        if let Some(old) = self
-            .left_over_ws
-            .insert((room_id, user), remembered_until)
-        {
+        if let Some(old) = self.left_over_ws.insert((room_id, user), remembered_until) {
             self.left_over_ws_expiry.remove(&(old, room_id, user));
         }
         self.left_over_ws_expiry
