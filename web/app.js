@@ -153,6 +153,7 @@ function room(name) {
       // What the timeline shows, sorted by position (see compareItems).
       log: [],
       bySeq: new Map(), // seq -> message item: nothing is shown twice
+      base: 0, // added to seqs for positions; grows if the server renumbers (see renumbered)
       maxSeq: 0, // highest seq shown: the `since` of a rejoin
       minSeq: 0, // lowest seq shown (0: none yet)
       earlierDone: false, // the server has nothing before minSeq
@@ -164,6 +165,7 @@ function room(name) {
       joinMode: 'earlier',
       floating: null, // the join notice placed after the history that follows it
       divider: null, // the "Earlier messages" item
+      dropped: [], // elements of items taken out of the log, removed by syncList
       members: null, // [{user_name, user_avatar, online}], null until fetched
       membersStale: true,
       membersBusy: false,
@@ -806,7 +808,7 @@ function onServerError(name, msg) {
 // arrives late (an older page, a recovered gap) lands where it belongs, and
 // the notices stay between the messages they happened between.
 //
-//   anchor: the seq the item belongs at or after
+//   anchor: the seq the item belongs at or after (plus the room's base)
 //   rank:   0 divider (before the message at anchor), 1 the message at
 //           anchor, 2 notices after it (and messages without a seq)
 //   order:  arrival order among notices at one anchor
@@ -833,7 +835,7 @@ function insertItem(entry, item) {
 function removeItem(entry, item) {
   const index = entry.log.indexOf(item);
   if (index >= 0) entry.log.splice(index, 1);
-  if (item.node) item.node.remove();
+  if (item.node) entry.dropped.push(item.node);
 }
 
 /** A seq as the server sends it: a positive integer, else null (an older server). */
@@ -848,12 +850,19 @@ function seqOf(value) {
  */
 function addMessage(entry, message, source) {
   const seq = seqOf(message.seq);
-  if (seq !== null && entry.bySeq.has(seq)) return null;
+  if (seq !== null && entry.bySeq.has(seq)) {
+    const shown = entry.bySeq.get(seq);
+    if (shown.author === message.author && shown.text === message.text) return null;
+    // The same seq for another message: not a duplicate. The server has
+    // numbered anew (SPEC §8 forbids it; a lost message log would do it).
+    // Hiding it would lose it silently: show it after everything instead.
+    renumbered(entry);
+  }
   const own = state.user !== null && message.author === state.user.user_name;
   const item = {
     kind: 'msg',
     seq,
-    anchor: seq !== null ? seq : entry.maxSeq,
+    anchor: entry.base + (seq !== null ? seq : entry.maxSeq),
     rank: seq !== null ? 1 : 2,
     order: seq !== null ? 0 : ++arrivals,
     author: message.author,
@@ -876,16 +885,41 @@ function addMessage(entry, message, source) {
 
 /** The "Earlier messages" divider goes right before the oldest message shown. */
 function placeDivider(entry) {
-  if (entry.divider && entry.divider.anchor === entry.minSeq) return;
+  const anchor = entry.base + entry.minSeq;
+  if (entry.divider && entry.divider.anchor === anchor) return;
   if (entry.divider) removeItem(entry, entry.divider);
-  entry.divider = { kind: 'divider', anchor: entry.minSeq, rank: 0, order: 0, node: null };
+  entry.divider = { kind: 'divider', anchor, rank: 0, order: 0, node: null };
   insertItem(entry, entry.divider);
+}
+
+/**
+ * The server reused a seq for another message: what is shown stays, and
+ * the seqs from now on count from after it, with a notice where it happened.
+ */
+function renumbered(entry) {
+  entry.base += entry.maxSeq;
+  entry.bySeq = new Map();
+  entry.maxSeq = 0;
+  entry.minSeq = 0;
+  entry.earlierDone = false;
+  entry.holes = [];
+  entry.floating = null;
+  const item = {
+    kind: 'gap',
+    text: 'The server numbered this room’s messages anew (its message history was reset); some messages may be missing here.',
+    ts: Date.now(),
+    anchor: entry.base,
+    rank: 2,
+    order: ++arrivals,
+    node: null,
+  };
+  insertItem(entry, item);
 }
 
 /** A notice in the timeline, after everything shown so far; returns its item. */
 function addEvent(name, text, kind = 'event') {
   const entry = room(name);
-  const item = { kind, text, ts: Date.now(), anchor: entry.maxSeq, rank: 2, order: ++arrivals, node: null };
+  const item = { kind, text, ts: Date.now(), anchor: entry.base + entry.maxSeq, rank: 2, order: ++arrivals, node: null };
   insertItem(entry, item);
   trimLog(entry);
   if (state.active === name) syncList(entry);
@@ -897,11 +931,11 @@ function trimLog(entry) {
   if (entry.log.length <= MAX_LOG) return;
   const dropped = entry.log.splice(0, entry.log.length - MAX_LOG);
   for (const item of dropped) {
-    if (item.node) item.node.remove();
-    if (item.kind === 'msg' && item.seq !== null) entry.bySeq.delete(item.seq);
+    if (item.node) entry.dropped.push(item.node);
+    if (item.kind === 'msg' && item.seq !== null && entry.bySeq.get(item.seq) === item) entry.bySeq.delete(item.seq);
     if (item === entry.divider) entry.divider = null;
   }
-  const first = entry.log.find((item) => item.kind === 'msg' && item.seq !== null);
+  const first = entry.log.find((item) => item.kind === 'msg' && item.seq !== null && entry.bySeq.get(item.seq) === item);
   entry.minSeq = first ? first.seq : 0;
   entry.earlierDone = false; // what was dropped can be loaded again
 }
@@ -919,10 +953,10 @@ function onMessagePacket(name, data, author, text) {
   const item = addMessage(entry, { seq, author, text, ts: typeof data.ts === 'number' ? data.ts : Date.now() }, source);
   if (!history) {
     entry.floating = null;
-  } else if (item && entry.floating && seq !== null && seq > entry.floating.anchor) {
+  } else if (item && entry.floating && item.anchor > entry.floating.anchor) {
     // The join notice follows the history of its join.
     removeItem(entry, entry.floating);
-    entry.floating.anchor = seq;
+    entry.floating.anchor = item.anchor;
     insertItem(entry, entry.floating);
   }
   if (source === 'live') trimLog(entry);
@@ -1063,7 +1097,7 @@ function markLost(entry, from, to) {
     kind: 'gap',
     text: `Some messages could not be recovered: ${what} no longer kept by the server.`,
     ts: Date.now(),
-    anchor: from - 1,
+    anchor: entry.base + from - 1,
     rank: 2,
     order: ++arrivals,
     node: null,
@@ -1217,16 +1251,19 @@ function syncList(entry, scroll = 'keep') {
   if (switched) {
     list.replaceChildren();
     list.dataset.room = entry.name;
+    entry.dropped = [];
   }
   const atBottom = timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < 80;
-  // What the reader looks at: the first element at or below the top edge,
-  // and where it is, to put it back there after older items went above it.
+  // What the reader looks at: the first message reaching below the top edge
+  // (not the divider, which moves up with the history), and where it is,
+  // to put it back there after older items went above it.
   let anchor = null;
   let anchorTop = 0;
   const stay = !switched && (scroll === 'prepend' || (scroll === 'keep' && !atBottom));
   if (stay) {
     const top = timeline.getBoundingClientRect().top;
     for (const node of list.children) {
+      if (!node.classList.contains('message')) continue;
       const box = node.getBoundingClientRect();
       if (box.bottom > top) {
         anchor = node;
@@ -1235,6 +1272,8 @@ function syncList(entry, scroll = 'keep') {
       }
     }
   }
+  for (const node of entry.dropped) node.remove();
+  entry.dropped = [];
   let child = list.firstElementChild;
   for (const item of entry.log) {
     if (!item.node) item.node = renderItem(item);
