@@ -399,7 +399,8 @@ export async function openBot(browser, baseUrl, user, roomName) {
         };
       });
       ws.send(JSON.stringify({ type: 'join', data: { user, room_name: name, msg: '', token: login.data.token } }));
-      bot.send = (text) => ws.send(JSON.stringify({ type: 'msg', data: { user, room_name: name, msg: text } }));
+      const token = login.data.token;
+      bot.send = (text) => ws.send(JSON.stringify({ type: 'msg', data: { user, room_name: name, msg: text, token } }));
       return joinedNow;
     },
     { user, roomName },

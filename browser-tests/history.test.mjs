@@ -170,7 +170,8 @@ test('a late joiner sees the earlier messages, marked as earlier', { timeout: 12
 
 test('older pages load with the button and at the top, in order, once', { timeout: 180000 }, async (parent) => {
   // Five messages on entering; 120 in the room: three more pages of 50.
-  const world = await scene(parent, 'older-pages', ['--history-on-join', '5', '--ws-rate', '0']);
+  // With --require-token the history endpoint answers only the page's token.
+  const world = await scene(parent, 'older-pages', ['--history-on-join', '5', '--ws-rate', '0', '--require-token']);
   const t = steps(parent);
   const ROOM = 'long story';
   const texts = numbered('page message', 1, 120);
@@ -332,7 +333,8 @@ test('a page whose server was killed and restarted shows every message exactly o
 });
 
 test('the member list shows who is online and who only holds a seat, live', { timeout: 120000 }, async (parent) => {
-  const world = await scene(parent, 'presence');
+  // With --require-token the members endpoint answers only the page's token.
+  const world = await scene(parent, 'presence', ['--require-token']);
   const t = steps(parent);
   const ROOM = 'who is here';
   let ann;

@@ -530,7 +530,6 @@ async function admitAndJoin(name) {
 function sendJoin(name) {
   const entry = room(name);
   const data = { user: userField(), room_name: name, msg: '' };
-  if (state.token) data.token = state.token;
   if (entry.everJoined) data.since = entry.maxSeq;
   entry.joinMode = entry.everJoined ? 'recovered' : 'earlier';
   return send({ type: 'join', data });
@@ -681,8 +680,13 @@ function retryNow() {
   if (state.user && conn.wantOpen && !conn.ws && conn.timer) connect();
 }
 
+/**
+ * Sends a packet, with the login token in it: with `--require-token` the
+ * server wants one in every packet, not only in the join.
+ */
 function send(packet) {
   if (!socketOpen()) return false;
+  if (state.token) packet.data.token = state.token;
   conn.ws.send(JSON.stringify(packet));
   return true;
 }
@@ -926,10 +930,21 @@ function addEvent(name, text, kind = 'event') {
   return item;
 }
 
-/** Keeps at most MAX_LOG items as the conversation grows, dropping the oldest. */
+/**
+ * Keeps at most MAX_LOG items as the conversation grows, dropping the
+ * oldest; up to five times that while the reader is scrolled up (perhaps
+ * reading the earlier pages they loaded), which are dropped once they are
+ * back at the newest.
+ */
 function trimLog(entry) {
   if (entry.log.length <= MAX_LOG) return;
-  const dropped = entry.log.splice(0, entry.log.length - MAX_LOG);
+  let limit = MAX_LOG;
+  if (state.active === entry.name) {
+    const timeline = $('timeline');
+    if (timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight >= 80) limit = MAX_LOG * 5;
+  }
+  if (entry.log.length <= limit) return;
+  const dropped = entry.log.splice(0, entry.log.length - limit);
   for (const item of dropped) {
     if (item.node) entry.dropped.push(item.node);
     if (item.kind === 'msg' && item.seq !== null && entry.bySeq.get(item.seq) === item) entry.bySeq.delete(item.seq);
@@ -1074,7 +1089,9 @@ async function fillHoles(name) {
       if (firstKept > hole.from) markLost(entry, hole.from, Math.min(hole.to, firstKept - 1));
       addHistoryRows(entry, body.messages, 'recovered');
       const next = seqs.length ? Math.max(...seqs) + 1 : hole.to + 1;
-      if (next > hole.to || body.has_more !== true) {
+      if (next <= hole.from) {
+        entry.holes.shift(); // nothing after what was asked for: do not ask forever
+      } else if (next > hole.to || body.has_more !== true) {
         entry.holes.shift();
         // Nothing more after `next`, yet the range is not complete: not kept.
         if (next <= hole.to && body.has_more !== true) markLost(entry, next, hole.to);
