@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::api::ChatConfig;
+use crate::http::forwarded::{Cidr, TrustedProxies};
 use crate::http::request::HttpLimits;
 use crate::ws::Limits as WsLimits;
 
@@ -17,6 +18,9 @@ pub struct Config {
     pub ws_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub cors_origin: String,
+    /// Reverse proxies whose `X-Forwarded-For` / `X-Real-IP` name the
+    /// client; empty means every peer is its own client.
+    pub trusted_proxies: TrustedProxies,
     pub room_capacity: u32,
     pub max_rooms: usize,
     pub seat_ttl: Duration,
@@ -126,6 +130,10 @@ pub struct Cli {
     #[arg(long, value_name = "ORIGIN", default_value = "*")]
     pub cors_origin: String,
 
+    /// Peers in this range are reverse proxies whose X-Forwarded-For names the client, e.g. 127.0.0.1/32 (repeatable; none by default).
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<Cidr>,
+
     /// Seats in a room created without an explicit capacity (1-10000).
     #[arg(long, value_name = "N", default_value = "100", value_parser = parse_capacity)]
     pub room_capacity: u32,
@@ -190,6 +198,14 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 2000)]
     pub max_msg_chars: usize,
 
+    /// Newest messages kept per room, for history and recovery; 0 turns history off.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub history_size: u32,
+
+    /// Newest messages a joiner receives right after its join (0: none).
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub history_on_join: u32,
+
     /// Sustained WebSocket packets per second per connection; 0 turns the limit off.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub ws_rate: u32,
@@ -226,6 +242,7 @@ impl Cli {
             ws_addr: self.ws_addr,
             data_dir: self.data_dir,
             cors_origin: self.cors_origin,
+            trusted_proxies: TrustedProxies::new(self.trusted_proxies),
             room_capacity: self.room_capacity,
             max_rooms: self.max_rooms,
             seat_ttl: self.seat_ttl,
@@ -246,6 +263,8 @@ impl Cli {
                 max_msg_chars: self.max_msg_chars,
                 ws_rate: self.ws_rate,
                 ws_burst: self.ws_burst.max(1),
+                history_size: self.history_size as usize,
+                history_on_join: self.history_on_join as usize,
             },
             allowed_origins: self.allowed_origins,
             ws_limits: WsLimits {
@@ -288,6 +307,7 @@ mod tests {
         assert_eq!(config.ws_ping_after, Duration::from_secs(30));
         assert_eq!(config.ws_idle_timeout, Duration::from_secs(75));
         assert!(config.allowed_origins.is_empty());
+        assert!(config.trusted_proxies.is_empty());
         assert_eq!(config.ws_mode, WsMode::Chat);
     }
 
@@ -308,6 +328,36 @@ mod tests {
         assert!(Cli::try_parse_from(["chatroom", "--room-capacity", "10001"]).is_err());
         let cli = Cli::try_parse_from(["chatroom", "--room-capacity", "5"]).unwrap();
         assert_eq!(cli.into_config().room_capacity, 5);
+    }
+
+    #[test]
+    fn trusted_proxies_repeat_and_take_both_families() {
+        let cli = Cli::try_parse_from([
+            "chatroom",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--trusted-proxy",
+            "::1",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+        ])
+        .unwrap();
+        let trusted = cli.into_config().trusted_proxies;
+        let ranges: Vec<String> = trusted.ranges().iter().map(|r| r.to_string()).collect();
+        assert_eq!(ranges, ["127.0.0.1/32", "::1/128", "10.0.0.0/8"]);
+    }
+
+    #[test]
+    fn an_invalid_trusted_proxy_is_a_clear_error() {
+        for bad in ["localhost", "10.0.0.0/33", "10.0.0.1/8", "127.0.0.1:80"] {
+            let error = Cli::try_parse_from(["chatroom", "--trusted-proxy", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("--trusted-proxy") && error.contains(bad),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -53,6 +53,12 @@ pub struct Metrics {
     pub frames_dropped: u64,
     pub fsync_seconds: Histogram,
     pub storage_failures: u64,
+    /// Requests whose client address a trusted proxy named (`--trusted-proxy`).
+    pub forwarded_requests: u64,
+    /// Requests from a trusted proxy whose forwarding header could not be
+    /// read: counted under the proxy's address, which an operator should
+    /// hear about, since every such client then shares one login limit.
+    pub malformed_forwarding_headers: u64,
     /// Keyed by (endpoint, outcome); both come from fixed sets, so the
     /// number of series is bounded whatever clients send.
     requests: BTreeMap<(&'static str, &'static str), u64>,
@@ -155,6 +161,16 @@ impl Metrics {
             "chatroom_storage_failures_total",
             "Batches whose write or fsync failed (not acknowledged).",
             self.storage_failures,
+        );
+        counter(
+            "chatroom_forwarded_requests_total",
+            "Requests whose client address a trusted proxy named in X-Forwarded-For or X-Real-IP.",
+            self.forwarded_requests,
+        );
+        counter(
+            "chatroom_forwarded_header_malformed_total",
+            "Requests from a trusted proxy with an unreadable X-Forwarded-For or X-Real-IP, attributed to the proxy itself.",
+            self.malformed_forwarding_headers,
         );
         let _ = writeln!(
             out,

@@ -14,7 +14,6 @@ use mio::{Poll, Waker};
 
 use crate::api::ApiConfig;
 use crate::auth::{self, HashCost, HashPool};
-use crate::chat::state::ChatState;
 use crate::config::Config;
 use crate::reactor::{HelperEvent, Reactor, ReactorParts, StopHandle, WAKER};
 use crate::store::{DataDir, StoreError, Writer};
@@ -74,7 +73,6 @@ impl Server {
             replayed.users.len(),
             replayed.rooms.len()
         );
-        let state = ChatState::from_replay(replayed, config.seat_ttl);
 
         let http_listener =
             TcpListener::bind(config.http_addr).map_err(|source| StartError::Bind {
@@ -126,7 +124,8 @@ impl Server {
             http_listener,
             ws_listener,
             config,
-            state,
+            replayed,
+            history: std::collections::HashMap::new(),
             api_config,
             helper_events,
             hash_pool,
@@ -173,6 +172,14 @@ impl Server {
     pub fn run(self) -> io::Result<()> {
         log::info!("HTTP API listening on {}", self.http_addr);
         log::info!("WebSocket chat listening on {}", self.ws_addr);
+        let trusted = &self.parts.config.trusted_proxies;
+        if !trusted.is_empty() {
+            let ranges: Vec<String> = trusted.ranges().iter().map(|r| r.to_string()).collect();
+            log::info!(
+                "trusting X-Forwarded-For and X-Real-IP from peers in {}",
+                ranges.join(", ")
+            );
+        }
         Reactor::new(self.parts)?.run()
     }
 

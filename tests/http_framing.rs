@@ -65,7 +65,7 @@ fn pipelined_requests_are_answered_in_order() {
     let listed = conn.read_response();
     assert_eq!(
         listed.text(),
-        r#"{"rooms":[{"name":"piped","population":0}],"room_list":[{"room_name":"piped","population":0}]}"#
+        r#"{"rooms":[{"name":"piped","room_name":"piped","population":0}],"room_list":[{"name":"piped","room_name":"piped","population":0}]}"#
     );
     assert_eq!(conn.read_response().res(), "join chatroom");
     let listed = conn.read_response();

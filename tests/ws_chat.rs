@@ -90,7 +90,8 @@ fn two_members_see_each_others_messages_and_their_own_echo() {
     assert_eq!(own["data"]["room_name"], "lobby");
     assert_eq!(own["data"]["msg"], "hello bob");
     let keys: Vec<&String> = own["data"].as_object().unwrap().keys().collect();
-    assert_eq!(keys.len(), 4, "user, room_name, msg, ts: {own}");
+    assert_eq!(keys.len(), 5, "user, room_name, msg, ts, seq: {own}");
+    assert_eq!(own["data"]["seq"], 1, "the room's first message");
 
     bob.send(&packet("msg", "bob", "", "lobby", "héllo ✓ 你好"));
     let own = bob.expect("msg", "bob", "lobby", "héllo ✓ 你好");
@@ -341,6 +342,9 @@ fn full_room_over_websocket() {
     for client in [&mut a, &mut b, &mut a2] {
         client.expect("user", "a", "pair", "join");
     }
+    // The newcomer connection catches up on what was said (SPEC §8).
+    let earlier = a2.expect("msg", "a", "pair", "marker");
+    assert_eq!(earlier["data"]["history"], true);
     assert_eq!(server.population("pair"), 2);
 
     // HTTP admission agrees.
@@ -460,13 +464,27 @@ fn population_counts_seats() {
     }
     assert_eq!(server.population("r"), 2);
 
-    // A WebSocket leave keeps the seat (the default TTL is a minute).
+    // A WebSocket leave of the user's only connection there frees the seat
+    // at once (SPEC §3: the Android app never sends the HTTP leave) ...
     b.leave("b", "r");
     for client in [&mut b, &mut a1, &mut a2] {
         client.expect("user", "b", "r", "leave");
     }
-    assert_eq!(server.population("r"), 2);
-    // Coming back uses the same seat; a dropped connection keeps it too.
+    assert_eq!(server.population("r"), 1);
+    // ... and the documented HTTP leave that follows still succeeds, once.
+    assert_eq!(server.room("r", "b", 0), "leave chatroom");
+    assert_eq!(server.room("r", "b", 0), "user not exist");
+    // A leave from one of two connections of a user keeps the seat.
+    a1.leave("a", "r");
+    for client in [&mut a1, &mut a2] {
+        client.expect("user", "a", "r", "leave");
+    }
+    assert_eq!(server.population("r"), 1);
+    a1.join("a", "r");
+    for client in [&mut a1, &mut a2] {
+        client.expect("user", "a", "r", "join");
+    }
+    // Coming back takes a seat again; a dropped connection keeps it.
     b.join("b", "r");
     for client in [&mut b, &mut a1, &mut a2] {
         client.expect("user", "b", "r", "join");

@@ -244,7 +244,9 @@ async function logIn(tel, password) {
     return explainHttp(body.res, 'login', body.error);
   }
   state.user = {
-    user_tel: String(body.data.user_tel),
+    // The server sends the number only when a 32-bit integer holds it
+    // (for an older app); the page knows what it logged in with.
+    user_tel: typeof body.data.user_tel === 'number' ? String(body.data.user_tel) : tel.replace(/[ -]/g, ''),
     user_name: String(body.data.user_name),
     user_avatar_url: typeof body.data.user_avatar_url === 'string' ? body.data.user_avatar_url : '',
   };

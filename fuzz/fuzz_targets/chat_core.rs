@@ -141,6 +141,9 @@ struct Model {
     rooms: Vec<(String, u32)>,
     /// (room, user) → when the seat expires; `None` while connected.
     seats: BTreeMap<(String, String), Option<Instant>>,
+    /// (room, user) → until when the HTTP leave after a WebSocket `leave`
+    /// that freed the seat still answers "leave chatroom" (SPEC §3).
+    ws_left: BTreeMap<(String, String), Instant>,
     sessions: BTreeMap<ConnRef, Session>,
     /// Per user, in issuing order: (token, expires).
     tokens: BTreeMap<String, Vec<(String, Instant)>>,
@@ -256,6 +259,7 @@ impl Model {
                 } else {
                     "join"
                 };
+                self.ws_left.remove(&seat);
                 self.seats.insert(seat, None);
                 let session = self.sessions.entry(conn).or_default();
                 session.user.get_or_insert_with(|| user.clone());
@@ -270,7 +274,13 @@ impl Model {
                 if let Some(session) = self.sessions.get_mut(&conn) {
                     session.rooms.retain(|r| *r != room);
                 }
-                self.after_unsubscribe(&room, &user);
+                // A leave frees the seat at once unless another connection
+                // of the user is still in the room.
+                if !self.connected(&room, &user) {
+                    let seat = (room.clone(), user.clone());
+                    self.seats.remove(&seat);
+                    self.ws_left.insert(seat, self.now + TTL);
+                }
             }
             PacketKind::Msg if !joined => return Err(PacketError::NotInRoom),
             PacketKind::Msg if packet.msg.chars().count() > MAX_MSG_CHARS => {
@@ -341,12 +351,20 @@ impl Model {
                 } else if self.population(room) >= capacity as usize {
                     "full room"
                 } else {
+                    self.ws_left.remove(&seat);
                     self.seats.insert(seat, Some(self.now + TTL));
                     "join chatroom"
                 }
             }
-            "0" if self.seats.remove(&seat).is_none() => "user not exist",
+            "0" if !self.seats.contains_key(&seat) => {
+                let now = self.now;
+                match self.ws_left.remove(&seat) {
+                    Some(until) if until > now => "leave chatroom",
+                    _ => "user not exist",
+                }
+            }
             "0" => {
+                self.seats.remove(&seat);
                 let before = self.members(room);
                 let evicted: Vec<ConnRef> = self
                     .sessions
@@ -374,10 +392,13 @@ impl Model {
         let now = self.now;
         self.seats
             .retain(|_, expires| expires.is_none_or(|expires| expires > now));
+        self.ws_left.retain(|_, until| *until > now);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.seats.values().flatten().min().copied()
+        let seat = self.seats.values().flatten().min().copied();
+        let memo = self.ws_left.values().min().copied();
+        seat.into_iter().chain(memo).min()
     }
 }
 
@@ -475,6 +496,7 @@ impl Harness {
                     .collect(),
                 rooms: ROOMS.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
                 seats: BTreeMap::new(),
+                ws_left: BTreeMap::new(),
                 sessions: BTreeMap::new(),
                 tokens: BTreeMap::new(),
                 expected: Vec::new(),

@@ -20,6 +20,10 @@ pub struct ChatConfig {
     pub ws_rate: u32,
     /// Packets a connection may send in a burst.
     pub ws_burst: u32,
+    /// Newest messages kept per room (0: history off, seqs still count).
+    pub history_size: usize,
+    /// Newest messages a joiner receives right after its `user` packet.
+    pub history_on_join: usize,
 }
 
 impl Default for ChatConfig {
@@ -29,6 +33,8 @@ impl Default for ChatConfig {
             max_msg_chars: 2000,
             ws_rate: 20,
             ws_burst: 40,
+            history_size: 1000,
+            history_on_join: 50,
         }
     }
 }
@@ -72,7 +78,7 @@ pub(super) struct Session {
     user: Option<UserId>,
     /// The avatar the client claimed when it bound, used when the user
     /// registered none.
-    claimed_avatar: String,
+    pub(super) claimed_avatar: String,
     url_token: Option<String>,
     rooms: Vec<RoomId>,
     bucket: RateBucket,
@@ -124,10 +130,10 @@ impl Api {
             let burst = self.config.chat.ws_burst;
             session.bucket.take(rate, burst, now.mono);
         }
-        self.outbox.push((
+        self.emit(
             conn,
             packet::error_frame(PacketError::InvalidMessage, &Echo::default()),
-        ));
+        );
     }
 
     /// A text message: one packet.
@@ -145,7 +151,7 @@ impl Api {
         let packet = match packet::parse(text) {
             Ok(packet) => packet,
             Err((error, echo)) => {
-                self.outbox.push((conn, packet::error_frame(error, &echo)));
+                self.emit(conn, packet::error_frame(error, &echo));
                 return;
             }
         };
@@ -155,7 +161,7 @@ impl Api {
                 user_avatar: packet.user_avatar,
                 room_name: packet.room_name,
             };
-            self.outbox.push((conn, packet::error_frame(error, &echo)));
+            self.emit(conn, packet::error_frame(error, &echo));
         }
     }
 
@@ -214,7 +220,7 @@ impl Api {
                     }
                     let avatar = session.claimed_avatar.clone();
                     let frame = self.user_frame(user, &avatar, room, "join");
-                    self.outbox.push((conn, frame));
+                    self.emit(conn, frame);
                     return Ok(());
                 }
                 let holds_seat = self.state.holds_seat(room, user);
@@ -247,6 +253,13 @@ impl Api {
                 };
                 let frame = self.user_frame(user, &avatar, room, msg);
                 self.broadcast(room, &frame);
+                let (name, avatar) = self.display_identity(user, &avatar);
+                let echo = Echo {
+                    user_name: name.to_string(),
+                    user_avatar: avatar.to_string(),
+                    room_name: packet.room_name.clone(),
+                };
+                self.send_join_history(conn, room, packet.since, &echo);
             }
             PacketKind::Leave => {
                 if !joined {
@@ -258,7 +271,10 @@ impl Api {
                 let avatar = session.claimed_avatar.clone();
                 let frame = self.user_frame(user, &avatar, room, "leave");
                 self.broadcast(room, &frame);
-                self.state.unsubscribe(room, conn, now.mono);
+                // Unlike a dropped connection, a `leave` is a decision: the
+                // original Android app never sends the HTTP leave, so a seat
+                // kept for the TTL would show people who left.
+                self.state.leave(room, conn, now.mono);
                 if let Some(session) = self.sessions.get_mut(&conn) {
                     session.rooms.retain(|r| *r != room);
                 }
@@ -273,21 +289,8 @@ impl Api {
                 if !within_rate {
                     return Err(PacketError::RateLimited);
                 }
-                let (name, avatar) = self.display_identity(user, &session.claimed_avatar);
-                let room_name = self
-                    .state
-                    .room(room)
-                    .map(|r| r.name.as_str())
-                    .unwrap_or_default();
-                let frame = packet::server_frame(
-                    "msg",
-                    name,
-                    avatar,
-                    room_name,
-                    &packet.msg,
-                    Some(now.unix_ms),
-                );
-                self.broadcast(room, &frame);
+                let claimed = session.claimed_avatar.clone();
+                self.accept_message(room, user, &claimed, &packet.msg, now)?;
             }
         }
         Ok(())
@@ -295,7 +298,11 @@ impl Api {
 
     /// The name and avatar outgoing packets carry for a user: the
     /// registered avatar if there is one, else what the client claimed.
-    fn display_identity<'a>(&'a self, user: UserId, claimed_avatar: &'a str) -> (&'a str, &'a str) {
+    pub(super) fn display_identity<'a>(
+        &'a self,
+        user: UserId,
+        claimed_avatar: &'a str,
+    ) -> (&'a str, &'a str) {
         match self.state.user(user) {
             Some(registered) if !registered.avatar_url.is_empty() => {
                 (&registered.name, &registered.avatar_url)
@@ -313,16 +320,6 @@ impl Api {
             .map(|r| r.name.as_str())
             .unwrap_or_default();
         packet::server_frame("user", name, avatar, room_name, msg, None)
-    }
-
-    fn broadcast(&mut self, room: RoomId, frame: &Rc<[u8]>) {
-        if let Some(room) = self.state.room(room) {
-            self.outbox.extend(
-                room.members()
-                    .iter()
-                    .map(|(member, _)| (*member, Rc::clone(frame))),
-            );
-        }
     }
 
     /// `/chatroom/room` status 0: the seat goes, and so do the user's
@@ -344,8 +341,9 @@ impl Api {
                 .map(|s| s.claimed_avatar.clone())
                 .unwrap_or_default();
             let frame = self.user_frame(user, &claimed, room, "leave");
-            self.outbox
-                .extend(members.iter().map(|member| (*member, Rc::clone(&frame))));
+            for member in members {
+                self.emit(member, Rc::clone(&frame));
+            }
         }
         for conn in evicted {
             if let Some(session) = self.sessions.get_mut(&conn) {

@@ -20,9 +20,11 @@ use crate::http::response::{Response, ALLOWED_METHODS};
 use crate::store::{BatchId, Completion, Record, RoomRecord, UserRecord};
 
 mod chat;
+mod history;
 mod limits;
 
 pub use chat::{ChatConfig, RateBucket};
+pub use history::HistoryCounters;
 use limits::{client_key, FailureWindow};
 
 /// SPEC §2.3: 5 failed logins per phone number in 15 minutes, 30 per client
@@ -102,6 +104,9 @@ enum Endpoint {
     List,
     Create,
     Room,
+    UserData,
+    History,
+    Members,
     Health,
 }
 
@@ -114,6 +119,9 @@ pub fn endpoint_label(path: &str) -> &'static str {
         "/chatroom/list" => "/chatroom/list",
         "/chatroom/create" => "/chatroom/create",
         "/chatroom/room" => "/chatroom/room",
+        "/auth/user_data" => "/auth/user_data",
+        "/chatroom/history" => "/chatroom/history",
+        "/chatroom/members" => "/chatroom/members",
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         "/ws" => "/ws",
@@ -129,6 +137,9 @@ fn route(path: &str) -> Option<Endpoint> {
         "/chatroom/list" => Some(Endpoint::List),
         "/chatroom/create" => Some(Endpoint::Create),
         "/chatroom/room" => Some(Endpoint::Room),
+        "/auth/user_data" => Some(Endpoint::UserData),
+        "/chatroom/history" => Some(Endpoint::History),
+        "/chatroom/members" => Some(Endpoint::Members),
         "/healthz" => Some(Endpoint::Health),
         _ => None,
     }
@@ -155,6 +166,8 @@ pub struct Api {
     /// Frames for WebSocket connections, resolved to recipients when they
     /// were produced (membership may change before the reactor drains it).
     outbox: Vec<(ConnRef, Rc<[u8]>)>,
+    /// Chat messages and their seqs (SPEC §8): what waits for the log.
+    messages: history::MessageFlow,
 }
 
 fn invalid(error: String) -> Response {
@@ -191,12 +204,44 @@ fn parse_capacity(params: &Params, default: u32) -> Result<u32, Response> {
     }
 }
 
+/// A phone number after its typed spaces and dashes are gone, checked.
+fn required_tel(params: &Params) -> Result<std::borrow::Cow<'_, str>, Response> {
+    let typed = required(params, "user_tel", non_empty)?;
+    let tel = validate::normalize_tel(typed);
+    validate::user_tel(&tel).map_err(|why| invalid(format!("user_tel: {why}")))?;
+    Ok(tel)
+}
+
 #[derive(Serialize)]
 struct LoginData<'a> {
-    user_tel: &'a str,
+    /// `null` unless it fits the original Android app's 32-bit `Int`.
+    user_tel: Option<i32>,
     user_name: &'a str,
     user_avatar_url: &'a str,
     token: &'a str,
+}
+
+/// A user's public profile, as `/auth/user_data` answers it.
+#[derive(Serialize)]
+struct Profile<'a> {
+    user_tel: Option<i32>,
+    user_name: &'a str,
+    user_avatar_url: &'a str,
+}
+
+/// The original document put the profile directly in `data`, the original
+/// server's later versions under `data.user`: both are served.
+#[derive(Serialize)]
+struct UserData<'a> {
+    #[serde(flatten)]
+    profile: &'a Profile<'a>,
+    user: &'a Profile<'a>,
+}
+
+#[derive(Serialize)]
+struct UserDataReply<'a> {
+    res: &'a str,
+    data: Option<UserData<'a>>,
 }
 
 #[derive(Serialize)]
@@ -209,22 +254,20 @@ fn login_failure(res: &'static str) -> Response {
     Response::json(200, &LoginReply { res, data: None }).with_outcome(res)
 }
 
+/// One room in `/chatroom/list`. Both names in every entry of both lists:
+/// the original document shows `room_name`, the original Android app reads
+/// `room_list[].name` (a missing one blanks its list and crashes its search).
 #[derive(Serialize)]
 struct RoomEntry<'a> {
     name: &'a str,
-    population: usize,
-}
-
-#[derive(Serialize)]
-struct RoomListEntry<'a> {
     room_name: &'a str,
     population: usize,
 }
 
 #[derive(Serialize)]
 struct RoomList<'a> {
-    rooms: Vec<RoomEntry<'a>>,
-    room_list: Vec<RoomListEntry<'a>>,
+    rooms: &'a [RoomEntry<'a>],
+    room_list: &'a [RoomEntry<'a>],
 }
 
 fn preflight() -> Response {
@@ -259,6 +302,7 @@ impl Api {
             last_token_purge: None,
             sessions: HashMap::new(),
             outbox: Vec::new(),
+            messages: history::MessageFlow::default(),
             login_failures_by_user: FailureWindow::new(
                 LOGIN_FAILURES_PER_USER,
                 LOGIN_USER_WINDOW,
@@ -281,7 +325,9 @@ impl Api {
     }
 
     /// Answers a request now, or starts the work its answer waits on.
-    pub fn handle(&mut self, conn: ConnRef, request: &Request, peer: IpAddr, now: Now) -> Outcome {
+    /// `from` is the client's address: the peer's, or the one a trusted
+    /// proxy named (`http::forwarded`); per-address limits count by it.
+    pub fn handle(&mut self, conn: ConnRef, request: &Request, from: IpAddr, now: Now) -> Outcome {
         let Some(endpoint) = route(request.path()) else {
             return Outcome::Reply(Response::res(404, "not found"));
         };
@@ -311,10 +357,13 @@ impl Api {
         };
         let result = match endpoint {
             Endpoint::Register => self.register(conn, &params),
-            Endpoint::Login => self.login(conn, &params, client_key(peer), now),
+            Endpoint::Login => self.login(conn, &params, client_key(from), now),
             Endpoint::List => Ok(Outcome::Reply(self.list())),
             Endpoint::Create => self.create(conn, &params, now),
             Endpoint::Room => self.room(&params, now),
+            Endpoint::UserData => self.user_data(&params),
+            Endpoint::History => self.history(request, &params, now),
+            Endpoint::Members => self.members(request, &params, now),
             Endpoint::Health => Ok(Outcome::Reply(Response::json(
                 200,
                 &serde_json::json!({"status": "ok"}),
@@ -335,7 +384,8 @@ impl Api {
     }
 
     fn register(&mut self, conn: ConnRef, params: &Params) -> Result<Outcome, Response> {
-        let tel = required(params, "user_tel", validate::user_tel)?;
+        let tel = required_tel(params)?;
+        let tel = tel.as_ref();
         let name = required(params, "user_name", validate::user_name)?;
         let password = required(params, "user_password", validate::user_password)?;
         let avatar_url = params.get("user_avatar_url").unwrap_or("");
@@ -364,17 +414,27 @@ impl Api {
         client: IpAddr,
         now: Now,
     ) -> Result<Outcome, Response> {
-        let tel = required(params, "user_tel", validate::user_tel)?;
-        let password = required(params, "user_password", validate::user_password)?;
+        let tel = required_tel(params)?;
+        // Present but empty is a wrong password, not a malformed request.
+        let password = params
+            .get("user_password")
+            .ok_or_else(|| invalid("user_password: required".to_string()))?;
         if self.login_failures_by_client.is_blocked(&client, now.mono) {
             return Ok(Outcome::Reply(login_failure("too many attempts")));
         }
-        let Some(user) = self.state.user_id_by_tel(tel) else {
+        let Some(user) = self.state.user_id_by_tel(&tel) else {
             self.login_failures_by_client.record(&client, now.mono);
             return Ok(Outcome::Reply(login_failure("user not exist")));
         };
         if self.login_failures_by_user.is_blocked(&user, now.mono) {
             return Ok(Outcome::Reply(login_failure("too many attempts")));
+        }
+        if !validate::could_be_password(password) {
+            // No registered password has this length: wrong without a hash,
+            // and counted like any other wrong guess.
+            self.login_failures_by_user.record(&user, now.mono);
+            self.login_failures_by_client.record(&client, now.mono);
+            return Ok(Outcome::Reply(login_failure("password wrong")));
         }
         let phc = self
             .state
@@ -392,22 +452,63 @@ impl Api {
     }
 
     fn list(&self) -> Response {
-        let rooms = self.state.rooms();
-        let mut list = RoomList {
-            rooms: Vec::with_capacity(self.state.room_count()),
-            room_list: Vec::with_capacity(self.state.room_count()),
-        };
-        for room in rooms {
-            list.rooms.push(RoomEntry {
+        let entries: Vec<RoomEntry> = self
+            .state
+            .rooms()
+            .map(|room| RoomEntry {
                 name: &room.name,
-                population: room.population(),
-            });
-            list.room_list.push(RoomListEntry {
                 room_name: &room.name,
                 population: room.population(),
-            });
-        }
+            })
+            .collect();
+        let list = RoomList {
+            rooms: &entries,
+            room_list: &entries,
+        };
         Response::json(200, &list).with_outcome("list")
+    }
+
+    /// `/auth/user_data`: a public profile by phone number (preferred) or
+    /// name; never a password or a token.
+    fn user_data(&self, params: &Params) -> Result<Outcome, Response> {
+        let user = match params.get("user_tel").filter(|tel| !tel.is_empty()) {
+            Some(_) => self.state.user_id_by_tel(&required_tel(params)?),
+            None => match params.get("user_name").filter(|name| !name.is_empty()) {
+                Some(_) => {
+                    let name = required(params, "user_name", validate::user_name)?;
+                    self.state.user_id_by_name(name)
+                }
+                None => {
+                    return Err(invalid(
+                        "user_tel or user_name: one is required".to_string(),
+                    ))
+                }
+            },
+        };
+        let Some(user) = user.and_then(|id| self.state.user(id)) else {
+            let reply = UserDataReply {
+                res: "user not exist",
+                data: None,
+            };
+            return Ok(Outcome::Reply(
+                Response::json(200, &reply).with_outcome("user not exist"),
+            ));
+        };
+        let profile = Profile {
+            user_tel: validate::tel_as_i32(&user.tel),
+            user_name: &user.name,
+            user_avatar_url: &user.avatar_url,
+        };
+        let reply = UserDataReply {
+            res: "get user data successfully",
+            data: Some(UserData {
+                profile: &profile,
+                user: &profile,
+            }),
+        };
+        Ok(Outcome::Reply(
+            Response::json(200, &reply).with_outcome("get user data successfully"),
+        ))
     }
 
     fn create(&mut self, conn: ConnRef, params: &Params, now: Now) -> Result<Outcome, Response> {
@@ -452,7 +553,9 @@ impl Api {
                 let Some(user) = self.state.user_id_by_name(user_name) else {
                     return reply("user not exist");
                 };
-                if self.release_seat_and_evict(room, user, now) {
+                if self.release_seat_and_evict(room, user, now)
+                    || self.state.take_recent_ws_leave(room, user, now.mono)
+                {
                     reply("leave chatroom")
                 } else {
                     reply("user not exist")
@@ -554,7 +657,7 @@ impl Api {
             &LoginReply {
                 res: "login successfully",
                 data: Some(LoginData {
-                    user_tel: &profile.tel,
+                    user_tel: validate::tel_as_i32(&profile.tel),
                     user_name: &profile.name,
                     user_avatar_url: &profile.avatar_url,
                     token: &token,
@@ -623,7 +726,10 @@ impl Api {
 
     /// Work still owed to clients: password jobs or writes in flight.
     pub fn has_pending_work(&self) -> bool {
-        !self.password_waits.is_empty() || !self.batches.is_empty() || !self.unsubmitted.is_empty()
+        !self.password_waits.is_empty()
+            || !self.batches.is_empty()
+            || !self.unsubmitted.is_empty()
+            || self.messages.has_unwritten()
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{hash_password, verify_password, HashCost};
 use crate::http::request::Header;
-use crate::store::Replayed;
+use crate::store::{MessageRecord, Replayed, RoomLog};
 
 const CHEAP: HashCost = HashCost {
     memory_kib: 8,
@@ -33,6 +33,10 @@ fn chat_config() -> ChatConfig {
         max_msg_chars: 2000,
         ws_rate: 0,
         ws_burst: 40,
+        history_size: 1000,
+        // Most tests count the frames of a join: history on join is off
+        // unless a test turns it on.
+        history_on_join: 0,
     }
 }
 
@@ -68,6 +72,8 @@ struct Harness {
     api: Api,
     start: Instant,
     now: Now,
+    /// Every message record the API handed to the log, in order.
+    log: Vec<MessageRecord>,
 }
 
 impl Harness {
@@ -94,6 +100,7 @@ impl Harness {
         let start = Instant::now();
         Harness {
             api: Api::new(state, config),
+            log: Vec::new(),
             start,
             now: Now {
                 mono: start,
@@ -251,7 +258,18 @@ impl Harness {
         self.api.ws_open(conn, None, self.now);
     }
 
+    /// What the connections receive once the log has written every
+    /// accepted message (the message log's part, played at once).
     fn frames(&mut self) -> Vec<(ConnRef, Value)> {
+        while let Some((id, records)) = self.api.poll_message_append() {
+            self.log.extend(records);
+            self.api.handle_messages_written(id);
+        }
+        self.frames_now()
+    }
+
+    /// What the connections receive now, with any message still unwritten.
+    fn frames_now(&mut self) -> Vec<(ConnRef, Value)> {
         let mut out = Vec::new();
         self.api.swap_outbox(&mut out);
         out.iter()
@@ -822,6 +840,144 @@ fn a_failed_write_is_503_and_frees_the_tel_and_name() {
 }
 
 #[test]
+fn login_with_a_password_of_any_length_is_an_outcome_not_a_400() {
+    let mut h = Harness::new(config());
+    assert_eq!(res(&h.register("111", "ann", "")), "register successfully");
+    for password in ["", "12345", &"x".repeat(129), &"x".repeat(4000)] {
+        let response = h.login("111", password);
+        assert_eq!(response.status, 200, "{password:?}");
+        assert_eq!(
+            body(&response),
+            json!({"res": "password wrong", "data": null})
+        );
+        let response = h.login("999", password);
+        assert_eq!(
+            body(&response),
+            json!({"res": "user not exist", "data": null})
+        );
+    }
+    // The four wrong guesses count toward the per-user limit like others:
+    // a fifth fails, and then the limit holds.
+    assert_eq!(res(&h.login("111", "short")), "password wrong");
+    assert_eq!(res(&h.login("111", "short")), "too many attempts");
+    // A missing password is still a malformed request.
+    let response = h.reply(&form("/auth/login", &[("user_tel", "111")]));
+    assert_eq!(response.status, 400);
+    assert_eq!(body(&response)["error"], "user_password: required");
+}
+
+#[test]
+fn typed_spaces_and_dashes_in_phone_numbers_are_the_same_number() {
+    let mut h = Harness::new(config());
+    assert_eq!(
+        res(&h.register("138 0013-8000", "ann", "")),
+        "register successfully"
+    );
+    assert_eq!(
+        res(&h.register("13800138000", "bob", "")),
+        "user exist",
+        "the stored number has no spaces or dashes"
+    );
+    assert_eq!(res(&h.login("13800138000", PASSWORD)), "login successfully");
+    assert_eq!(
+        res(&h.login("138-0013-8000", PASSWORD)),
+        "login successfully"
+    );
+    assert_eq!(
+        res(&h.login(" 138 00138000 ", PASSWORD)),
+        "login successfully"
+    );
+    // Other characters are still refused.
+    let response = h.login("138.0013.8000", PASSWORD);
+    assert_eq!(response.status, 400);
+    let response = h.login(" - ", PASSWORD);
+    assert_eq!(response.status, 400);
+}
+
+#[test]
+fn user_tel_is_a_number_only_when_a_32_bit_int_can_hold_it() {
+    let mut h = Harness::new(config());
+    for (tel, name) in [
+        ("2147483647", "ann"),
+        ("2147483648", "bob"),
+        ("0123", "cat"),
+    ] {
+        assert_eq!(res(&h.register(tel, name, "")), "register successfully");
+    }
+    let tel_of =
+        |h: &mut Harness, tel: &str| body(&h.login(tel, PASSWORD))["data"]["user_tel"].clone();
+    assert_eq!(tel_of(&mut h, "2147483647"), json!(2147483647));
+    assert_eq!(tel_of(&mut h, "2147483648"), Value::Null);
+    assert_eq!(tel_of(&mut h, "0123"), Value::Null, "not canonical");
+}
+
+#[test]
+fn user_data_answers_a_public_profile_in_both_shapes() {
+    let mut h = Harness::new(config());
+    assert_eq!(
+        res(&h.register("12345", "ann", "https://example.com/a.png")),
+        "register successfully"
+    );
+    assert_eq!(
+        res(&h.register("13800138000", "bob", "")),
+        "register successfully"
+    );
+    let ann = json!({
+        "user_tel": 12345,
+        "user_name": "ann",
+        "user_avatar_url": "https://example.com/a.png",
+    });
+    let expected = json!({
+        "res": "get user data successfully",
+        "data": {
+            "user_tel": 12345,
+            "user_name": "ann",
+            "user_avatar_url": "https://example.com/a.png",
+            "user": ann,
+        },
+    });
+    for target in [
+        "/auth/user_data?user_name=ann",
+        "/auth/user_data?user_tel=12345",
+        "/auth/user_data?user_tel=123-45",
+        "/auth/user_data?user_tel=12345&user_name=bob",
+    ] {
+        let response = h.reply(&get(target));
+        assert_eq!(response.status, 200, "{target}");
+        assert_eq!(body(&response), expected, "{target}");
+    }
+    let response = h.reply(&form("/auth/user_data", &[("user_name", "bob")]));
+    assert_eq!(body(&response)["data"]["user_tel"], Value::Null);
+    assert_eq!(body(&response)["data"]["user"]["user_name"], "bob");
+    let text = String::from_utf8(response.body.clone()).unwrap();
+    assert!(
+        !text.contains("argon2") && !text.contains("token"),
+        "{text}"
+    );
+
+    for target in [
+        "/auth/user_data?user_name=nobody",
+        "/auth/user_data?user_tel=999",
+    ] {
+        let response = h.reply(&get(target));
+        assert_eq!(
+            body(&response),
+            json!({"res": "user not exist", "data": null}),
+            "{target}"
+        );
+    }
+    for target in [
+        "/auth/user_data",
+        "/auth/user_data?user_name=&user_tel=",
+        "/auth/user_data?user_tel=abc",
+    ] {
+        let response = h.reply(&get(target));
+        assert_eq!(response.status, 400, "{target}");
+        assert_eq!(res(&response), "invalid parameters", "{target}");
+    }
+}
+
+#[test]
 fn login_outcomes_and_tokens() {
     let mut h = Harness::new(config());
     assert_eq!(
@@ -866,7 +1022,8 @@ fn login_outcomes_and_tokens() {
         keys,
         BTreeSet::from(["user_tel", "user_name", "user_avatar_url", "token"])
     );
-    assert_eq!(data["user_tel"], "+8613800000000");
+    // Not a 32-bit integer: null, as the Android app's Int can take it.
+    assert_eq!(data["user_tel"], Value::Null);
     assert_eq!(data["user_name"], "ann");
     assert_eq!(data["user_avatar_url"], "https://example.com/a.png");
     let token = data["token"].as_str().unwrap();
@@ -1130,7 +1287,7 @@ fn create_is_pending_until_durable_and_names_are_unique() {
     assert_eq!(res(&h.reply(&create("hall"))), "chatroom already exist");
     assert_eq!(
         h.list()["room_list"],
-        json!([{"room_name": "hall", "population": 0}])
+        json!([{"name": "hall", "room_name": "hall", "population": 0}])
     );
 
     // An explicit capacity.
@@ -1216,17 +1373,17 @@ fn list_serves_both_shapes_in_creation_order_with_population() {
     assert_eq!(
         list["rooms"],
         json!([
-            {"name": "zeta", "population": 0},
-            {"name": "alpha", "population": 2},
-            {"name": "mid", "population": 1},
+            {"name": "zeta", "room_name": "zeta", "population": 0},
+            {"name": "alpha", "room_name": "alpha", "population": 2},
+            {"name": "mid", "room_name": "mid", "population": 1},
         ])
     );
     assert_eq!(
         list["room_list"],
         json!([
-            {"room_name": "zeta", "population": 0},
-            {"room_name": "alpha", "population": 2},
-            {"room_name": "mid", "population": 1},
+            {"name": "zeta", "room_name": "zeta", "population": 0},
+            {"name": "alpha", "room_name": "alpha", "population": 2},
+            {"name": "mid", "room_name": "mid", "population": 1},
         ])
     );
 }
@@ -1793,13 +1950,62 @@ fn a_room_emptied_of_seats_is_created_again() {
     h.open(2);
     assert_user_packets(&h.send(1, &join("ann", "hall")), "create", "ann", "hall");
     h.send(1, &leave("ann", "hall"));
-    // The seat lingers for the TTL: a join now is a join.
-    assert_user_packets(&h.send(2, &join("bob", "hall")), "join", "bob", "hall");
-    h.send(2, &leave("bob", "hall"));
+    // A leave frees the seat at once: the room is empty again.
+    assert_eq!(h.population("hall"), 0);
+    assert_user_packets(&h.send(2, &join("bob", "hall")), "create", "bob", "hall");
+    // A dropped connection's seat lingers for the TTL: a join now is a join.
+    h.close(2);
+    h.open(3);
+    assert_user_packets(&h.send(1, &join("ann", "hall")), "join", "ann", "hall");
+    h.send(1, &leave("ann", "hall"));
     h.advance(TTL);
     h.tick(h.now);
     assert_eq!(h.population("hall"), 0);
-    assert_user_packets(&h.send(2, &join("bob", "hall")), "create", "bob", "hall");
+    assert_user_packets(&h.send(3, &join("cat", "hall")), "create", "cat", "hall");
+}
+
+#[test]
+fn the_http_leave_after_a_ws_leave_answers_leave_chatroom_once() {
+    let mut h = chat_harness();
+    h.open(1);
+    h.send(1, &join("ann", "hall"));
+    h.send(1, &leave("ann", "hall"));
+    assert_eq!(h.population("hall"), 0);
+    assert_eq!(h.room("hall", "ann", "0"), "leave chatroom");
+    assert_eq!(h.room("hall", "ann", "0"), "user not exist", "only once");
+
+    // Not after the TTL has passed.
+    h.send(1, &join("ann", "hall"));
+    h.send(1, &leave("ann", "hall"));
+    h.advance(TTL);
+    h.tick(h.now);
+    assert_eq!(h.room("hall", "ann", "0"), "user not exist");
+
+    // Not once the user took a new seat and gave it back over HTTP.
+    h.send(1, &join("ann", "hall"));
+    h.send(1, &leave("ann", "hall"));
+    assert_eq!(h.room("hall", "ann", "1"), "join chatroom");
+    assert_eq!(h.room("hall", "ann", "0"), "leave chatroom");
+    assert_eq!(h.room("hall", "ann", "0"), "user not exist");
+    assert_eq!(h.api.next_deadline(), None, "nothing left to expire");
+}
+
+#[test]
+fn a_leave_keeps_the_seat_while_another_connection_of_the_user_is_in() {
+    let mut h = chat_harness();
+    h.open(1);
+    h.open(2);
+    h.open(3);
+    h.send(1, &join("ann", "hall"));
+    h.send(2, &join("ann", "hall"));
+    h.send(3, &join("bob", "hall"));
+    h.send(1, &leave("ann", "hall"));
+    assert_eq!(h.population("hall"), 2, "ann is still there on conn 2");
+    assert_eq!(h.api.next_deadline(), None, "and her seat does not expire");
+    let frames = h.send(2, &leave("ann", "hall"));
+    assert_eq!(recipients(&frames), [2, 3]);
+    assert_user_packets(&frames, "leave", "ann", "hall");
+    assert_eq!(h.population("hall"), 1);
 }
 
 #[test]
@@ -1839,20 +2045,30 @@ fn leave_is_broadcast_to_the_leaver_too_then_it_is_out() {
     let frames = h.send(2, &say("bob", "hall", "bye ann"));
     assert_eq!(recipients(&frames), [2, 3]);
 
-    // The seat is kept, and its TTL starts.
-    assert_eq!(h.population("hall"), 3);
-    assert_eq!(h.api.next_deadline(), Some(h.now.mono + TTL));
-    h.tick(h.at(TTL - Duration::from_millis(1)));
-    assert_eq!(h.population("hall"), 3);
-    h.tick(h.at(TTL));
+    // The seat went with the leave (SPEC §3), not after a TTL.
     assert_eq!(h.population("hall"), 2);
-    // Joining again before expiry would have kept the seat: check with bob.
-    h.send(2, &leave("bob", "hall"));
+    assert!(!h.api.state().holds_seat(0, 0));
+    // A dropped connection's seat does wait for the TTL, and a return
+    // before it runs out keeps the seat.
+    h.close(2);
+    assert_eq!(h.population("hall"), 2);
+    let memo_until = h.now.mono + TTL;
+    assert_eq!(h.api.next_deadline(), Some(memo_until));
     h.advance(TTL / 2);
-    assert_user_packets(&h.send(2, &join("bob", "hall")), "join", "bob", "hall");
-    assert_eq!(h.api.next_deadline(), None);
-    h.tick(h.at(TTL * 4));
+    h.open(4);
+    assert_user_packets(&h.send(4, &join("bob", "hall")), "join", "bob", "hall");
+    assert_eq!(h.api.next_deadline(), Some(memo_until), "ann's memo only");
+    h.advance(TTL * 4);
+    h.tick(h.now);
     assert_eq!(h.population("hall"), 2);
+    assert_eq!(h.api.next_deadline(), None);
+    h.close(3);
+    h.advance(TTL - Duration::from_millis(1));
+    h.tick(h.now);
+    assert_eq!(h.population("hall"), 2);
+    h.advance(Duration::from_millis(1));
+    h.tick(h.now);
+    assert_eq!(h.population("hall"), 1);
 }
 
 #[test]
@@ -1872,7 +2088,11 @@ fn msg_reaches_every_member_with_a_timestamp() {
         assert_eq!(value["type"], "msg");
         let data = value["data"].as_object().unwrap();
         let keys: BTreeSet<&str> = data.keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["user", "room_name", "msg", "ts"]));
+        assert_eq!(
+            keys,
+            BTreeSet::from(["user", "room_name", "msg", "ts", "seq"])
+        );
+        assert_eq!(data["seq"], 1);
         assert_eq!(data["user"]["user_name"], "bob");
         assert_eq!(data["room_name"], "hall");
         assert_eq!(data["msg"], "hello, 世界");
@@ -2141,6 +2361,9 @@ struct Model {
     bound: BTreeMap<ConnRef, &'static str>,
     /// (room, conn)
     members: BTreeSet<(&'static str, ConnRef)>,
+    /// Seats a WebSocket `leave` freed, until when the HTTP leave that
+    /// follows still answers "leave chatroom".
+    ws_left: BTreeMap<(&'static str, &'static str), Instant>,
 }
 
 impl Model {
@@ -2237,7 +2460,7 @@ fn assert_broadcast(frames: &[(ConnRef, Value)], expected: &BTreeSet<ConnRef>, s
     }
 }
 
-fn run_random(seed: u64, steps: usize) {
+fn run_random(seed: u64, steps: usize) -> BTreeMap<&'static str, usize> {
     let users: Vec<(String, &str, &str)> = FUZZ_USERS
         .iter()
         .enumerate()
@@ -2324,6 +2547,9 @@ fn run_random(seed: u64, steps: usize) {
                     assert_user_packets(&frames, kind, user, room);
                     model.members.insert((room, conn));
                     model.bound.insert(conn, user);
+                    if !seat {
+                        model.ws_left.remove(&(room, user));
+                    }
                     *counts.entry("join ok").or_default() += 1;
                 }
             }
@@ -2342,6 +2568,19 @@ fn run_random(seed: u64, steps: usize) {
                     assert_broadcast(&frames, &before.members[room], step);
                     assert_user_packets(&frames, "leave", user, room);
                     model.members.remove(&(room, conn));
+                    let still_connected = model
+                        .members
+                        .iter()
+                        .any(|(r, c)| *r == room && model.bound.get(c) == Some(&user));
+                    assert_eq!(
+                        holds_seat(&h, room, user),
+                        still_connected,
+                        "step {step}: a leave frees the seat unless the user is still there"
+                    );
+                    if !still_connected {
+                        model.ws_left.insert((room, user), h.now.mono + TTL);
+                        *counts.entry("leave frees").or_default() += 1;
+                    }
                     *counts.entry("leave ok").or_default() += 1;
                 }
             }
@@ -2377,6 +2616,9 @@ fn run_random(seed: u64, steps: usize) {
                     "join chatroom"
                 };
                 assert_eq!(answer, expected, "step {step}");
+                if !seat && expected == "join chatroom" {
+                    model.ws_left.remove(&(room, user));
+                }
                 assert!(
                     h.frames().is_empty(),
                     "step {step}: admission sends nothing"
@@ -2387,7 +2629,15 @@ fn run_random(seed: u64, steps: usize) {
                 let seat = holds_seat(&h, room, user);
                 let answer = h.room(room, user, "0");
                 let frames = h.frames();
-                if !seat {
+                let recent_ws_leave = model
+                    .ws_left
+                    .remove(&(room, user))
+                    .is_some_and(|until| until > h.now.mono);
+                if !seat && recent_ws_leave {
+                    assert_eq!(answer, "leave chatroom", "step {step}: after a ws leave");
+                    assert!(frames.is_empty());
+                    *counts.entry("http leave after ws leave").or_default() += 1;
+                } else if !seat {
                     assert_eq!(answer, "user not exist", "step {step}");
                     assert!(frames.is_empty());
                 } else {
@@ -2431,12 +2681,24 @@ fn run_random(seed: u64, steps: usize) {
             "seed {seed}: too few {key}: {counts:?}"
         );
     }
+    counts
 }
 
 #[test]
 fn random_sequences_keep_seats_members_and_frames_consistent() {
+    let mut totals = BTreeMap::<&str, usize>::new();
     for seed in [1, 42, 0xdead_beef, 2024] {
-        run_random(seed, 3000);
+        for (key, n) in run_random(seed, 3000) {
+            *totals.entry(key).or_default() += n;
+        }
+    }
+    // Rarer paths, over all seeds: a leave that frees the seat, and the
+    // HTTP leave of the same user and room that follows it.
+    for key in ["leave frees", "http leave after ws leave"] {
+        assert!(
+            totals.get(key).copied().unwrap_or(0) > 0,
+            "no {key}: {totals:?}"
+        );
     }
 }
 
@@ -2461,3 +2723,5 @@ fn closing_every_connection_at_shutdown_tells_nobody_and_starts_the_ttls() {
     h.tick(h.at(TTL));
     assert_eq!(h.api.state().seats_held(), 0);
 }
+
+mod history;

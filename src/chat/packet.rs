@@ -29,6 +29,8 @@ pub struct ClientPacket {
     /// Empty when absent (join and leave need none).
     pub msg: String,
     pub token: Option<String>,
+    /// `join` only: the newest seq the client has already seen (SPEC §8).
+    pub since: Option<u64>,
 }
 
 /// Every error a packet can earn; `Display` is the wire string.
@@ -48,6 +50,8 @@ pub enum PacketError {
     TooManyRooms,
     MessageTooLong,
     RateLimited,
+    /// Messages cannot be stored right now (the log cannot be written).
+    ServiceUnavailable,
 }
 
 impl PacketError {
@@ -67,6 +71,7 @@ impl PacketError {
             PacketError::TooManyRooms => "too many rooms",
             PacketError::MessageTooLong => "message too long",
             PacketError::RateLimited => "rate limited",
+            PacketError::ServiceUnavailable => "service unavailable",
         }
     }
 }
@@ -140,6 +145,8 @@ fn parse_well_formed(text: &str) -> Option<ClientPacket> {
         msg: Option<Cow<'a, str>>,
         #[serde(borrow, default)]
         token: Option<Cow<'a, str>>,
+        #[serde(default)]
+        since: Option<u64>,
     }
     #[derive(Deserialize)]
     struct InUser<'a> {
@@ -176,6 +183,7 @@ fn parse_well_formed(text: &str) -> Option<ClientPacket> {
         room_name: data.room_name.into_owned(),
         msg: msg.into_owned(),
         token: data.token.map(Cow::into_owned),
+        since: data.since,
     })
 }
 
@@ -247,6 +255,14 @@ fn parse_checked(text: &str) -> Result<ClientPacket, (PacketError, Echo)> {
         Some(Value::String(token)) => Some(token.clone()),
         Some(_) => return invalid_data(),
     };
+    let since = match data.get("since") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(since) => Some(since),
+            None => return invalid_data(),
+        },
+        Some(_) => return invalid_data(),
+    };
     if user_name.is_empty() || room_name.is_empty() {
         return Err((PacketError::IllegalData, echo()));
     }
@@ -260,6 +276,7 @@ fn parse_checked(text: &str) -> Result<ClientPacket, (PacketError, Echo)> {
         room_name: room_name.clone(),
         msg: msg.to_string(),
         token,
+        since,
     })
 }
 
@@ -276,6 +293,8 @@ struct OutData<'a> {
     msg: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     ts: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -309,8 +328,108 @@ pub fn server_frame(
             room_name,
             msg,
             ts,
+            seq: None,
         },
     };
+    frame_of(&packet)
+}
+
+/// A chat message as every member receives it live: `data.ts` and
+/// `data.seq` (SPEC §8).
+pub fn msg_frame(
+    user_name: &str,
+    user_avatar: &str,
+    room_name: &str,
+    msg: &str,
+    ts: u64,
+    seq: u64,
+) -> Rc<[u8]> {
+    let packet = OutPacket {
+        kind: "msg",
+        data: OutData {
+            user: OutUser {
+                user_name,
+                user_avatar,
+            },
+            room_name,
+            msg,
+            ts: Some(ts),
+            seq: Some(seq),
+        },
+    };
+    frame_of(&packet)
+}
+
+/// The error a joiner gets first when `since` cannot be recovered in full:
+/// `first_seq..=last_seq` is what follows (empty when `first_seq` is past
+/// `last_seq`).
+pub fn history_incomplete_frame(
+    echo: &Echo,
+    since: u64,
+    first_seq: u64,
+    last_seq: u64,
+) -> Rc<[u8]> {
+    #[derive(Serialize)]
+    struct Data<'a> {
+        user: OutUser<'a>,
+        room_name: &'a str,
+        msg: &'a str,
+        since: u64,
+        first_seq: u64,
+        last_seq: u64,
+    }
+    #[derive(Serialize)]
+    struct Packet<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        data: Data<'a>,
+    }
+    frame_of(&Packet {
+        kind: "error",
+        data: Data {
+            user: OutUser {
+                user_name: &echo.user_name,
+                user_avatar: &echo.user_avatar,
+            },
+            room_name: &echo.room_name,
+            msg: "history incomplete",
+            since,
+            first_seq,
+            last_seq,
+        },
+    })
+}
+
+/// The JSON text inside a frame this module built (header skipped).
+pub fn frame_payload(frame: &[u8]) -> &[u8] {
+    let header_len = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return &[],
+    };
+    frame.get(header_len..).unwrap_or_default()
+}
+
+/// A live `msg` frame as history: the same packet with `"history": true`
+/// added to `data`, for the one connection catching up.
+pub fn history_frame(live: &[u8]) -> Rc<[u8]> {
+    let payload = frame_payload(live);
+    // Every msg packet this module writes ends with the `}}` closing `data`
+    // and the packet; anything else is passed through unchanged.
+    let Some(body) = payload.strip_suffix(b"}}") else {
+        return Rc::from(live);
+    };
+    SCRATCH.with_borrow_mut(|buffer| {
+        buffer.clear();
+        buffer.resize(HEADER_ROOM, 0);
+        buffer.extend_from_slice(body);
+        buffer.extend_from_slice(b",\"history\":true}}");
+        seal_frame(buffer)
+    })
+}
+
+fn frame_of(packet: &impl Serialize) -> Rc<[u8]> {
     // Serialised into a buffer kept between calls, then copied once into
     // the shared frame: one allocation per broadcast, however the JSON
     // escaping changes the length.
@@ -318,18 +437,24 @@ pub fn server_frame(
         buffer.clear();
         buffer.resize(HEADER_ROOM, 0);
         // Serialising plain strings into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *buffer, &packet);
-        let payload_len = buffer.len() - HEADER_ROOM;
-        let header = ws::frame_header(ws::OpCode::Text, payload_len);
-        let header = header.as_bytes();
-        let start = HEADER_ROOM - header.len();
-        buffer[start..HEADER_ROOM].copy_from_slice(header);
-        let frame = Rc::from(&buffer[start..]);
-        if buffer.capacity() > MAX_KEPT_SCRATCH {
-            *buffer = Vec::new();
-        }
-        frame
+        let _ = serde_json::to_writer(&mut *buffer, packet);
+        seal_frame(buffer)
     })
+}
+
+/// Writes the frame header in front of the payload that follows
+/// `HEADER_ROOM` reserved bytes, and copies the frame out.
+fn seal_frame(buffer: &mut Vec<u8>) -> Rc<[u8]> {
+    let payload_len = buffer.len() - HEADER_ROOM;
+    let header = ws::frame_header(ws::OpCode::Text, payload_len);
+    let header = header.as_bytes();
+    let start = HEADER_ROOM - header.len();
+    buffer[start..HEADER_ROOM].copy_from_slice(header);
+    let frame = Rc::from(&buffer[start..]);
+    if buffer.capacity() > MAX_KEPT_SCRATCH {
+        *buffer = Vec::new();
+    }
+    frame
 }
 
 /// A message of the largest size stays within this; a bigger scratch buffer

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use super::history::RoomHistory;
 use crate::store::{Replayed, RoomRecord, UserRecord};
 
 pub type UserId = u32;
@@ -34,6 +35,7 @@ pub struct Room {
     seats: HashMap<UserId, Seat>,
     /// Connections subscribed to the room and the user each is bound to.
     members: Vec<(ConnId, UserId)>,
+    history: RoomHistory,
 }
 
 impl Room {
@@ -47,6 +49,18 @@ impl Room {
 
     pub fn is_full(&self) -> bool {
         self.seats.len() >= self.capacity as usize
+    }
+
+    /// Every seat's user and whether that user has a WebSocket connection
+    /// in the room now.
+    pub fn seats(&self) -> impl Iterator<Item = (UserId, bool)> + '_ {
+        self.seats
+            .iter()
+            .map(|(user, seat)| (*user, seat.connections > 0))
+    }
+
+    pub fn history(&self) -> &RoomHistory {
+        &self.history
     }
 }
 
@@ -94,8 +108,24 @@ pub struct ChatState {
     pending_user_names: HashSet<String>,
     pending_rooms: HashSet<String>,
     seat_expiry: BTreeSet<(Instant, RoomId, UserId)>,
+    /// Seats a WebSocket `leave` gave back, remembered for one TTL so that the
+    /// documented HTTP leave that follows still answers "leave chatroom"
+    /// (SPEC §3). Keyed both ways so lookups and expiry are both cheap.
+    left_over_ws: HashMap<(RoomId, UserId), Instant>,
+    left_over_ws_expiry: BTreeSet<(Instant, RoomId, UserId)>,
     seats_held: usize,
     seat_ttl: Duration,
+}
+
+/// What removing a connection from a room did to its user's seat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// The connection was not in the room.
+    NotMember,
+    /// The user is still connected there, or its seat now waits for the TTL.
+    SeatKept,
+    /// The connection was the user's last one there and the seat is free.
+    SeatReleased,
 }
 
 impl ChatState {
@@ -110,6 +140,8 @@ impl ChatState {
             pending_user_names: HashSet::new(),
             pending_rooms: HashSet::new(),
             seat_expiry: BTreeSet::new(),
+            left_over_ws: HashMap::new(),
+            left_over_ws_expiry: BTreeSet::new(),
             seats_held: 0,
             seat_ttl,
         }
@@ -156,6 +188,12 @@ impl ChatState {
 
     pub fn room(&self, id: RoomId) -> Option<&Room> {
         self.rooms.get(id as usize)
+    }
+
+    pub fn history_mut(&mut self, id: RoomId) -> Option<&mut RoomHistory> {
+        self.rooms
+            .get_mut(id as usize)
+            .map(|room| &mut room.history)
     }
 
     /// Rooms in creation order.
@@ -222,6 +260,7 @@ impl ChatState {
             capacity: record.capacity,
             seats: HashMap::new(),
             members: Vec::new(),
+            history: RoomHistory::default(),
         });
         id
     }
@@ -259,6 +298,7 @@ impl ChatState {
         );
         self.seat_expiry.insert((expires, room_id, user));
         self.seats_held += 1;
+        self.forget_ws_leave(room_id, user);
         Admission::Joined
     }
 
@@ -310,7 +350,57 @@ impl ChatState {
             }
         }
         room.members.push((conn, user));
+        self.forget_ws_leave(room_id, user);
         Some(kind)
+    }
+
+    /// A WebSocket `leave`: removes the connection and, when it was its
+    /// user's last one in the room, frees the seat at once (SPEC §3).
+    pub fn leave(&mut self, room_id: RoomId, conn: ConnId, now: Instant) -> Departure {
+        let Some(room) = self.rooms.get_mut(room_id as usize) else {
+            return Departure::NotMember;
+        };
+        let Some(index) = room.members.iter().position(|(member, _)| *member == conn) else {
+            return Departure::NotMember;
+        };
+        let (_, user) = room.members.swap_remove(index);
+        let Some(seat) = room.seats.get_mut(&user) else {
+            return Departure::SeatKept;
+        };
+        seat.connections = seat.connections.saturating_sub(1);
+        if seat.connections > 0 {
+            return Departure::SeatKept;
+        }
+        if let Some(expires) = seat.expires {
+            self.seat_expiry.remove(&(expires, room_id, user));
+        }
+        room.seats.remove(&user);
+        self.seats_held -= 1;
+        let remembered_until = now + self.seat_ttl;
+        if let Some(old) = self.left_over_ws.insert((room_id, user), remembered_until) {
+            self.left_over_ws_expiry.remove(&(old, room_id, user));
+        }
+        self.left_over_ws_expiry
+            .insert((remembered_until, room_id, user));
+        Departure::SeatReleased
+    }
+
+    /// The HTTP leave that follows a WebSocket `leave`: true (once) if a
+    /// `leave` freed this user's seat in the room within the last TTL.
+    pub fn take_recent_ws_leave(&mut self, room_id: RoomId, user: UserId, now: Instant) -> bool {
+        match self.left_over_ws.get(&(room_id, user)) {
+            Some(&until) if until > now => {
+                self.forget_ws_leave(room_id, user);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn forget_ws_leave(&mut self, room_id: RoomId, user: UserId) {
+        if let Some(until) = self.left_over_ws.remove(&(room_id, user)) {
+            self.left_over_ws_expiry.remove(&(until, room_id, user));
+        }
     }
 
     /// Removes a connection from a room. The seat stays; when it was the
@@ -333,13 +423,26 @@ impl ChatState {
         }
     }
 
-    /// The earliest moment a seat may expire.
+    /// The earliest moment a seat, or the memory of a WebSocket leave,
+    /// may expire.
     pub fn next_seat_expiry(&self) -> Option<Instant> {
-        self.seat_expiry.first().map(|(at, _, _)| *at)
+        let seat = self.seat_expiry.first().map(|(at, _, _)| *at);
+        let left = self.left_over_ws_expiry.first().map(|(at, _, _)| *at);
+        match (seat, left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Releases every seat whose TTL has run out; returns them.
     pub fn expire_seats(&mut self, now: Instant) -> Vec<(RoomId, UserId)> {
+        while let Some(&(at, room_id, user)) = self.left_over_ws_expiry.first() {
+            if at > now {
+                break;
+            }
+            self.left_over_ws_expiry.pop_first();
+            self.left_over_ws.remove(&(room_id, user));
+        }
         let mut expired = Vec::new();
         while let Some(&(at, room_id, user)) = self.seat_expiry.first() {
             if at > now {

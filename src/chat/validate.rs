@@ -21,6 +21,37 @@ pub fn user_tel(value: &str) -> Result<(), &'static str> {
     }
 }
 
+/// A phone number as typed: ASCII spaces and dashes (`138 0013-8000`) are
+/// layout, not part of the number, at register and at login alike.
+pub fn normalize_tel(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.bytes().any(|b| b == b' ' || b == b'-') {
+        std::borrow::Cow::Owned(value.chars().filter(|c| !matches!(c, ' ' | '-')).collect())
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
+/// The number a client parsing `user_tel` into a 32-bit `Int` can take
+/// (the original Android app does, and fails the whole login otherwise):
+/// the registered text when it is the canonical decimal form of an
+/// integer from 0 to `i32::MAX`.
+pub fn tel_as_i32(tel: &str) -> Option<i32> {
+    let canonical = !tel.is_empty()
+        && tel.bytes().all(|b| b.is_ascii_digit())
+        && (tel == "0" || !tel.starts_with('0'));
+    if canonical {
+        tel.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Whether a password could ever have been registered: at login a
+/// password outside the rule is simply wrong, not a malformed request.
+pub fn could_be_password(value: &str) -> bool {
+    user_password(value).is_ok()
+}
+
 /// 1–32 Unicode scalar values, no control characters, not only whitespace.
 pub fn user_name(value: &str) -> Result<(), &'static str> {
     display_text(value, USER_NAME_MAX_CHARS, "must be 1-32 characters")
@@ -94,6 +125,32 @@ fn strip_prefix_ignore_ascii_case<'a>(value: &'a str, prefix: &str) -> Option<&'
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typed_spaces_and_dashes_are_removed_from_phone_numbers() {
+        assert_eq!(normalize_tel("138 0013-8000"), "13800138000");
+        assert_eq!(normalize_tel("+86 138-0013-8000"), "+8613800138000");
+        assert!(matches!(
+            normalize_tel("13800138000"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // Other separators are not layout the rule knows: still refused.
+        assert!(user_tel(&normalize_tel("138.0013.8000")).is_err());
+        assert!(user_tel(&normalize_tel("138\t0013")).is_err());
+    }
+
+    #[test]
+    fn only_canonical_decimals_within_i32_become_numbers() {
+        assert_eq!(tel_as_i32("0"), Some(0));
+        assert_eq!(tel_as_i32("12345"), Some(12345));
+        assert_eq!(tel_as_i32("2147483647"), Some(i32::MAX));
+        assert_eq!(tel_as_i32("2147483648"), None);
+        assert_eq!(tel_as_i32("13800138000"), None);
+        assert_eq!(tel_as_i32("+8612345"), None);
+        assert_eq!(tel_as_i32("012345"), None);
+        assert_eq!(tel_as_i32("00"), None);
+        assert_eq!(tel_as_i32(""), None);
+    }
 
     #[test]
     fn tel_accepts_3_to_20_digits_with_optional_plus() {

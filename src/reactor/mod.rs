@@ -7,8 +7,10 @@ mod outqueue;
 mod timers;
 mod websocket;
 
+use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -22,10 +24,11 @@ use crate::api::{Api, ApiConfig, ConnRef, Now, Outcome};
 use crate::auth::{HashPool, JobId, PasswordOutcome};
 use crate::chat::state::ChatState;
 use crate::config::Config;
+use crate::http::forwarded::{self, ClientAddress};
 use crate::http::request::{Event as HttpEvent, HttpError, Request, RequestParser};
 use crate::http::response::{Response, CONTINUE};
 use crate::metrics::{Gauges, Metrics};
-use crate::store::{Completion, DataDir, Writer};
+use crate::store::{Completion, DataDir, Replayed, RoomLog, Writer};
 use signal_hook_mio::v1_0::Signals;
 
 pub use outqueue::{Flushed, OutQueue, SpareRings};
@@ -144,6 +147,11 @@ enum Protocol {
 struct Connection {
     socket: TcpStream,
     peer: SocketAddr,
+    /// The client a trusted proxy named in the last request (`--trusted-proxy`),
+    /// when that is not the peer itself. A WebSocket keeps the one of its
+    /// upgrade; a proxy's reused HTTP connection carries several clients'
+    /// requests, and this is the latest.
+    client: Option<IpAddr>,
     listener: Listener,
     generation: u32,
     inbuf: Vec<u8>,
@@ -175,6 +183,29 @@ struct Connection {
 impl Connection {
     fn conn_ref(&self, key: usize) -> ConnRef {
         ((self.generation as u64) << 32) | key as u64
+    }
+
+    /// The client's address, for logs: the one a trusted proxy named, or
+    /// the peer's.
+    fn client_ip(&self) -> IpAddr {
+        self.client.unwrap_or(self.peer.ip())
+    }
+
+    /// How logs name the other end: `203.0.113.5 via 127.0.0.1:41234`
+    /// behind a trusted proxy, else the peer.
+    fn who(&self) -> Who<'_> {
+        Who(self)
+    }
+}
+
+struct Who<'a>(&'a Connection);
+
+impl fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.client {
+            Some(client) => write!(f, "{client} via {}", self.0.peer),
+            None => write!(f, "{}", self.0.peer),
+        }
     }
 }
 
@@ -249,7 +280,11 @@ pub struct ReactorParts {
     pub http_listener: TcpListener,
     pub ws_listener: TcpListener,
     pub config: Config,
-    pub state: ChatState,
+    /// Users and rooms as replayed: the chat state is built on the reactor
+    /// thread, because what it holds (shared frames) may not cross threads.
+    pub replayed: Replayed,
+    /// Each room's retained messages and last seq, as the log replayed them.
+    pub history: HashMap<String, RoomLog>,
     pub api_config: ApiConfig,
     pub helper_events: Receiver<HelperEvent>,
     pub hash_pool: HashPool,
@@ -267,7 +302,8 @@ impl Reactor {
             mut http_listener,
             mut ws_listener,
             config,
-            state,
+            replayed,
+            history,
             api_config,
             helper_events,
             hash_pool,
@@ -276,7 +312,9 @@ impl Reactor {
             stop,
             mut signals,
         } = parts;
-        let api = Api::new(state, api_config);
+        let state = ChatState::from_replay(replayed, config.seat_ttl);
+        let mut api = Api::new(state, api_config);
+        api.restore_history(history);
         poll.registry()
             .register(&mut http_listener, HTTP_LISTENER, Interest::READABLE)?;
         poll.registry()
@@ -531,6 +569,7 @@ impl Reactor {
         entry.insert(Connection {
             socket,
             peer,
+            client: None,
             listener,
             generation,
             inbuf: Vec::new(),
@@ -601,7 +640,7 @@ impl Reactor {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    log::debug!("read from {} failed: {e}", conn.peer);
+                    log::debug!("read from {} failed: {e}", conn.who());
                     self.remove(key, "read error");
                     return;
                 }
@@ -739,6 +778,20 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        let client =
+            forwarded::client_of_request(conn.peer.ip(), &self.config.trusted_proxies, &request);
+        match client {
+            ClientAddress::Peer(_) => {}
+            ClientAddress::Forwarded(_) => self.metrics.forwarded_requests += 1,
+            ClientAddress::Malformed(_) => {
+                self.metrics.malformed_forwarding_headers += 1;
+                log::debug!(
+                    "unreadable X-Forwarded-For or X-Real-IP from trusted proxy {}; counting the request under the proxy's address",
+                    conn.peer
+                );
+            }
+        }
+        conn.client = Some(client.ip()).filter(|ip| *ip != conn.peer.ip());
         let shape = ReplyShape {
             endpoint: crate::api::endpoint_label(request.path()),
             head_only: request.method == "HEAD",
@@ -762,7 +815,7 @@ impl Reactor {
             return;
         }
         let conn_ref = conn.conn_ref(key);
-        match self.api.handle(conn_ref, &request, conn.peer.ip(), now) {
+        match self.api.handle(conn_ref, &request, client.ip(), now) {
             Outcome::Reply(response) => self.send_reply(key, shape, response),
             Outcome::Pending => {
                 if let Protocol::Http(http) = &mut conn.protocol {
@@ -952,9 +1005,17 @@ impl Reactor {
                 self.mark_dirty(key);
             }
             _ => {
-                log::debug!("closing idle connection {}", conn.peer);
+                log::debug!("closing idle connection {}", conn.who());
                 self.remove(key, "idle timeout");
             }
+        }
+    }
+
+    /// Hands this turn's chat messages to the message log; their frames
+    /// wait until it reports them written.
+    fn submit_messages(&mut self) {
+        while let Some((id, _records)) = self.api.poll_message_append() {
+            self.api.handle_messages_written(id);
         }
     }
 
@@ -984,6 +1045,7 @@ impl Reactor {
     }
 
     fn end_of_turn(&mut self, now: Now) {
+        self.submit_messages();
         self.deliver_frames(now);
         // One pass per turn, so one flooding client cannot hold the loop.
         for key in std::mem::take(&mut self.resume_reads) {
@@ -1040,7 +1102,7 @@ impl Reactor {
                 how == Flushed::Blocked
             }
             Err(e) => {
-                log::debug!("write to {} failed: {e}", conn.peer);
+                log::debug!("write to {} failed: {e}", conn.who());
                 self.remove(key, "write error");
                 return;
             }
@@ -1101,8 +1163,9 @@ impl Reactor {
             };
             log::info!(
                 target: "chatroom::conn",
-                "closed peer={} protocol={} reason=\"{}\" duration_ms={} bytes_in={} bytes_out={}",
+                "closed peer={} client={} protocol={} reason=\"{}\" duration_ms={} bytes_in={} bytes_out={}",
                 conn.peer,
+                conn.client_ip(),
                 protocol,
                 conn.close_reason.unwrap_or(reason),
                 self.now.mono.saturating_duration_since(conn.opened).as_millis(),

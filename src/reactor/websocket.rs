@@ -87,7 +87,7 @@ impl Reactor {
                 self.metrics.websocket_upgrades += 1;
                 log::debug!(
                     "{} upgraded to WebSocket on the {} port",
-                    conn.peer,
+                    conn.who(),
                     if conn.listener == Listener::Ws {
                         "chat"
                     } else {
@@ -159,7 +159,7 @@ impl Reactor {
                     }
                 }
                 Err(error) => {
-                    log::debug!("closing WebSocket {}: {error}", conn.peer);
+                    log::debug!("closing WebSocket {}: {error}", conn.who());
                     let frame = ws::close_frame(error.close_code(), error.reason());
                     self.close_ws(key, frame, error.reason(), now);
                     continue;
@@ -247,7 +247,7 @@ impl Reactor {
             // The peer never read our close.
             self.remove(key, "close not acknowledged");
         } else if socket.ping_outstanding {
-            log::debug!("closing silent WebSocket {}", conn.peer);
+            log::debug!("closing silent WebSocket {}", conn.who());
             self.close_ws(
                 key,
                 ws::close_frame(close_code::GOING_AWAY, "idle timeout"),
@@ -286,7 +286,7 @@ impl Reactor {
         };
         log::info!(
             "closing slow consumer {}: {} bytes unsent",
-            conn.peer,
+            conn.who(),
             conn.out.pending_bytes()
         );
         self.metrics.frames_dropped += conn.out.discard_unsent() as u64;

@@ -6,8 +6,11 @@
 //! and `sync_data` returned; a failed group is cut back off the files so that
 //! nothing the caller was told failed can reappear at the next start.
 
+mod messages;
 mod replay;
 mod writer;
+
+pub use messages::{AppendId, MessageRecord, RoomLog};
 
 pub use replay::{replay_rooms, replay_users, BadLine, Scanned, Tail};
 
