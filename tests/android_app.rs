@@ -481,6 +481,12 @@ impl AppSocket {
 
     /// A packet as `Repository` builds it: the stored name and avatar.
     fn send(&mut self, kind: &str, msg: &str) {
+        let packet = self.packet(kind, msg);
+        self.ws.send(packet).expect("send a packet");
+    }
+
+    /// The Gson text of a packet from this screen.
+    fn packet(&self, kind: &str, msg: &str) -> Message {
         let packet = WebSocketMessage {
             kind: kind.to_string(),
             data: Data {
@@ -492,9 +498,7 @@ impl AppSocket {
                 msg: msg.to_string(),
             },
         };
-        self.ws
-            .send(Message::text(gson_to_json(&packet)))
-            .expect("send a packet");
+        Message::text(gson_to_json(&packet))
     }
 
     /// `Repository.sendMessage`.
@@ -535,8 +539,11 @@ impl AppSocket {
 
     /// `Repository.closeRoomSocket`: `leave`, then close 1000 with the app's
     /// reason; reads what the server sends until it closes the connection.
+    /// The app sends the two back to back; here they leave in one write, the
+    /// way they often arrive, so the server meets both in one read.
     fn close_chat(mut self) -> Closed {
-        self.send("leave", "");
+        let leave = self.packet("leave", "");
+        self.ws.write(leave).expect("queue the leave");
         self.ws
             .close(Some(CloseFrame {
                 code: CloseCode::Normal,
@@ -868,7 +875,7 @@ fn search_finds_rooms_by_name_and_enters_one() {
 
 /// Create, then the chat screen joins over WebSocket with no admission:
 /// `create`. A second user sees the room in the list, enters it by its listed
-/// name: both screens get `join`.
+/// name: both screens get `join`, and the newcomer the message said before.
 #[test]
 fn create_then_join_and_a_second_user_joins_from_the_list() {
     let server = TestServer::start();
@@ -881,6 +888,8 @@ fn create_then_join_and_a_second_user_joins_from_the_list() {
     let created = a.next_packet("alice's create");
     assert_user_packet(&created, "create", &alice, "lobby");
     assert_eq!(app.population("lobby"), 1);
+    a.send_message("有人吗");
+    a.wait_for("msg", "alice", "有人吗");
 
     let listed = app
         .rooms()
@@ -891,6 +900,13 @@ fn create_then_join_and_a_second_user_joins_from_the_list() {
     let mut b = app.enter(&bob, &listed.name);
     let joined = b.next_packet("bob's join");
     assert_user_packet(&joined, "join", &bob, "lobby");
+    // The room's recent messages follow (SPEC §8); the app shows them as
+    // received messages, so they must read as its packets too.
+    let earlier = b.next_packet("the room's history");
+    assert_eq!(earlier.kind, "msg", "{earlier:?}");
+    assert_eq!(earlier.data.msg, "有人吗");
+    assert_eq!(earlier.data.user.user_name, "alice");
+    assert_eq!(earlier.data.user.user_avatar, "default");
     let seen = a.wait_for("user", "bob", "join");
     assert_user_packet(&seen, "join", &bob, "lobby");
     assert_eq!(app.population("lobby"), 2);
@@ -995,19 +1011,14 @@ fn leave_then_close_frees_the_seat_at_once() {
         Some(1000),
         "the close is echoed: {closed:?}"
     );
-    let left = closed
-        .packets
-        .iter()
-        .find(|p| p.kind == "user" && p.data.msg == "leave")
-        .unwrap_or_else(|| panic!("the leaver gets its leave: {closed:?}"));
-    assert_user_packet(left, "leave", &alice, "lobby");
+    // Both frames were read before the close echo: no waiting, no TTL.
+    assert_eq!(app.population("lobby"), 1, "alice's seat is free at once");
     assert_user_packet(
         &b.wait_for("user", "alice", "leave"),
         "leave",
         &alice,
         "lobby",
     );
-    assert_eq!(app.population("lobby"), 1, "alice's seat is free at once");
 
     let closed = b.close_chat();
     assert_eq!(closed.close_code, Some(1000), "{closed:?}");
@@ -1025,6 +1036,43 @@ fn leave_then_close_frees_the_seat_at_once() {
     let p = b.next_packet("bob takes the freed seat");
     assert_user_packet(&p, "create", &bob, "单人间");
     assert_eq!(app.population("单人间"), 1);
+}
+
+/// Leaving the screen sends `leave` and the close together: what the server
+/// owes the leaving screen for its `leave` (its own `leave` packet, SPEC §4's
+/// "the leaver included"; or the `not in room` error of a screen a full room
+/// refused) comes before the close echo, not dropped because the close was
+/// in the same read.
+#[test]
+fn leave_then_close_the_leaving_screen_gets_its_answer_before_the_close() {
+    let server = TestServer::start();
+    let app = App::on(&server);
+    let alice = app.sign_up_and_in("13800138000", "alice");
+    let bob = app.sign_up_and_in("13900139000", "bob");
+    server.create_room_with_capacity("单人间", 1);
+
+    let mut a = app.enter(&alice, "单人间");
+    a.wait_for("user", "alice", "create");
+    let mut b = app.enter(&bob, "单人间");
+    assert_eq!(b.next_packet("full room").data.msg, "full room");
+
+    let closed = b.close_chat();
+    assert_eq!(closed.close_code, Some(1000), "{closed:?}");
+    let refused: Vec<&str> = closed.packets.iter().map(|p| p.data.msg.as_str()).collect();
+    assert_eq!(
+        refused,
+        ["not in room"],
+        "the refused screen's leave is answered before the close: {closed:?}"
+    );
+
+    let closed = a.close_chat();
+    assert_eq!(closed.close_code, Some(1000), "{closed:?}");
+    assert_eq!(
+        closed.packets.len(),
+        1,
+        "the leaver's own leave, and nothing else, before the close: {closed:?}"
+    );
+    assert_user_packet(&closed.packets[0], "leave", &alice, "单人间");
 }
 
 /// The error packets the app can meet decode into its packet model (its
@@ -1058,13 +1106,6 @@ fn error_packets_decode_into_the_app_packet_model() {
 
     let closed = b.close_chat();
     assert_eq!(closed.close_code, Some(1000), "{closed:?}");
-    assert!(
-        closed
-            .packets
-            .iter()
-            .any(|p| p.kind == "error" && p.data.msg == "not in room"),
-        "the refused screen's leave: {closed:?}"
-    );
     assert_eq!(app.population("单人间"), 1, "alice keeps her seat");
 
     let mut gone = app.enter(&bob, "不存在的房间");
