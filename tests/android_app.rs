@@ -248,7 +248,8 @@ fn okhttp_query_component(value: &str) -> String {
     out
 }
 
-/// The `User-Agent` OkHttp 3 sends (Retrofit 2.6 brings OkHttp 3.14).
+/// An OkHttp 3 `User-Agent` (Retrofit 2.6.1 pulls in OkHttp 3; the server
+/// reads nothing from it, it is here so requests look like the app's).
 const OKHTTP_USER_AGENT: &str = "okhttp/3.14.2";
 
 // ---------------------------------------------------------------------------
