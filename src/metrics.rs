@@ -53,6 +53,11 @@ pub struct Metrics {
     pub frames_dropped: u64,
     pub fsync_seconds: Histogram,
     pub storage_failures: u64,
+    /// Message log: fsyncs, compactions, failed writes, bytes on disk.
+    pub message_log_sync_seconds: Histogram,
+    pub history_compactions: u64,
+    pub message_log_write_failures: u64,
+    pub history_disk_bytes: u64,
     /// Requests whose client address a trusted proxy named (`--trusted-proxy`).
     pub forwarded_requests: u64,
     /// Requests from a trusted proxy whose forwarding header could not be
@@ -73,6 +78,8 @@ pub struct Gauges {
     pub users: usize,
     pub seats: usize,
     pub tokens: usize,
+    pub messages_retained: usize,
+    pub history: crate::api::HistoryCounters,
 }
 
 impl Metrics {
@@ -106,6 +113,16 @@ impl Metrics {
             gauges.seats,
         );
         gauge("chatroom_login_tokens", "Live login tokens.", gauges.tokens);
+        gauge(
+            "chatroom_history_messages_retained",
+            "Chat messages held for history over all rooms.",
+            gauges.messages_retained,
+        );
+        gauge(
+            "chatroom_history_disk_bytes",
+            "Bytes of the message log on disk.",
+            usize::try_from(self.history_disk_bytes).unwrap_or(usize::MAX),
+        );
         let mut counter = |name: &str, help: &str, value: u64| {
             let _ = writeln!(
                 out,
@@ -172,6 +189,29 @@ impl Metrics {
             "Requests from a trusted proxy with an unreadable X-Forwarded-For or X-Real-IP, attributed to the proxy itself.",
             self.malformed_forwarding_headers,
         );
+        counter(
+            "chatroom_history_compactions_total",
+            "Message log compactions finished.",
+            self.history_compactions,
+        );
+        counter(
+            "chatroom_message_log_write_failures_total",
+            "Message log writes that failed (retried until they succeed).",
+            self.message_log_write_failures,
+        );
+        counter(
+            "chatroom_history_messages_refused_total",
+            "Chat messages refused with \"service unavailable\" while the message log could not write.",
+            gauges.history.messages_refused,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chatroom_history_recoveries_total Joins with since, by whether every missed message could be sent.\n\
+             # TYPE chatroom_history_recoveries_total counter\n\
+             chatroom_history_recoveries_total{{result=\"complete\"}} {}\n\
+             chatroom_history_recoveries_total{{result=\"incomplete\"}} {}",
+            gauges.history.recoveries_complete, gauges.history.recoveries_incomplete
+        );
         let _ = writeln!(
             out,
             "# HELP chatroom_http_requests_total HTTP requests by endpoint and outcome."
@@ -187,6 +227,11 @@ impl Metrics {
             &mut out,
             "chatroom_store_sync_seconds",
             "Time to write and fsync one group commit.",
+        );
+        self.message_log_sync_seconds.render(
+            &mut out,
+            "chatroom_message_log_sync_seconds",
+            "Time of one fsync of the message log (off the broadcast path).",
         );
         out
     }

@@ -13,10 +13,15 @@
 //! - every connection's rooms agree with every room's members, and both
 //!   with the model;
 //! - the seats held are exactly the model's, so TTL expiry freed exactly the
-//!   seats whose time ran out, and the next deadline is the model's earliest.
+//!   seats whose time ran out, and the next deadline is the model's earliest;
+//! - every `msg` carries its room's next seq, a new join gets the newest
+//!   retained messages as history, and a join with `since` gets exactly the
+//!   retained messages after it, with "history incomplete" first when some
+//!   are gone (SPEC §8). The message log may stall for any number of steps:
+//!   frames then wait, and arrive (all of them, once) when it writes.
 #![no_main]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -39,6 +44,10 @@ const MAX_MSG_CHARS: usize = 20;
 const DEFAULT_CAPACITY: u32 = 2;
 const MAX_ROOMS: usize = 4;
 const CONNECTIONS: u8 = 6;
+/// Small, so retention drops messages within a short run.
+const HISTORY_SIZE: usize = 4;
+const HISTORY_ON_JOIN: usize = 2;
+const MAX_RECOVERY: u64 = 300;
 /// The HTTP connection: not a WebSocket, so never a recipient of a frame.
 const HTTP_CONN: ConnRef = 999;
 
@@ -64,6 +73,7 @@ enum Op {
         user: u8,
         room: u8,
         token: Option<u8>,
+        since: Option<u8>,
     },
     Leave {
         conn: u8,
@@ -109,6 +119,10 @@ enum Op {
     Login {
         user: u8,
     },
+    /// The message log stops writing (frames behind a message wait) or
+    /// writes everything it was given.
+    StallLog,
+    WriteLog,
     Wait {
         by: Wait,
         tick: bool,
@@ -124,8 +138,17 @@ enum Wait {
     JustBeforeDeadline,
 }
 
-/// A frame as the model predicts it: recipient, type, msg, room, user.
-type Delivery = (ConnRef, String, String, String, String);
+/// A frame as the model predicts it: recipient, type, msg, room, user, and
+/// the history fields (`seq=N`, ` history`, `since=S first=F last=L`).
+type Delivery = (ConnRef, String, String, String, String, String);
+
+/// A room's seqs as the model keeps them: the last one, and the retained
+/// messages (seq, user, text), oldest first.
+#[derive(Debug, Default)]
+struct RoomLog {
+    last_seq: u64,
+    retained: VecDeque<(u64, String, String)>,
+}
 
 #[derive(Debug, Default, Clone)]
 struct Session {
@@ -147,6 +170,7 @@ struct Model {
     sessions: BTreeMap<ConnRef, Session>,
     /// Per user, in issuing order: (token, expires).
     tokens: BTreeMap<String, Vec<(String, Instant)>>,
+    history: BTreeMap<String, RoomLog>,
     expected: Vec<Delivery>,
 }
 
@@ -177,6 +201,18 @@ impl Model {
     }
 
     fn send(&mut self, to: &[ConnRef], kind: &str, msg: &str, room: &str, user: &str) {
+        self.send_with(to, kind, msg, room, user, String::new());
+    }
+
+    fn send_with(
+        &mut self,
+        to: &[ConnRef],
+        kind: &str,
+        msg: &str,
+        room: &str,
+        user: &str,
+        extra: String,
+    ) {
         for conn in to {
             self.expected.push((
                 *conn,
@@ -184,7 +220,50 @@ impl Model {
                 msg.to_owned(),
                 room.to_owned(),
                 user.to_owned(),
+                extra.clone(),
             ));
+        }
+    }
+
+    /// SPEC §8: what a new joiner is owed after its `user` packet.
+    fn join_history(&mut self, conn: ConnRef, room: &str, user: &str, since: Option<u64>) {
+        let log = self.history.entry(room.to_owned()).or_default();
+        let last = log.last_seq;
+        let first_retained = last + 1 - log.retained.len() as u64;
+        let (from, incomplete) = match since {
+            None => (
+                (last + 1)
+                    .saturating_sub(HISTORY_ON_JOIN as u64)
+                    .max(first_retained),
+                None,
+            ),
+            Some(since) if since >= last => (last + 1, None),
+            Some(since) => {
+                let from = (since + 1)
+                    .max(first_retained)
+                    .max((last + 1).saturating_sub(MAX_RECOVERY));
+                (from, (from != since + 1).then_some(since))
+            }
+        };
+        let owed: Vec<(u64, String, String)> = log
+            .retained
+            .iter()
+            .filter(|(seq, _, _)| *seq >= from)
+            .cloned()
+            .collect();
+        if let Some(since) = incomplete {
+            let extra = format!("since={since} first={from} last={last}");
+            self.send_with(&[conn], "error", "history incomplete", room, user, extra);
+        }
+        for (seq, author, text) in owed {
+            self.send_with(
+                &[conn],
+                "msg",
+                &text,
+                room,
+                &author,
+                format!("seq={seq} history"),
+            );
         }
     }
 
@@ -266,6 +345,7 @@ impl Model {
                 session.rooms.push(room.clone());
                 let members = self.members(&room);
                 self.send(&members, "user", kind, &room, &user);
+                self.join_history(conn, &room, &user, packet.since);
             }
             PacketKind::Leave if !joined => return Err(PacketError::NotInRoom),
             PacketKind::Leave => {
@@ -287,8 +367,23 @@ impl Model {
                 return Err(PacketError::MessageTooLong)
             }
             PacketKind::Msg => {
+                let log = self.history.entry(room.clone()).or_default();
+                log.last_seq += 1;
+                let seq = log.last_seq;
+                if log.retained.len() >= HISTORY_SIZE {
+                    log.retained.pop_front();
+                }
+                log.retained
+                    .push_back((seq, user.clone(), packet.msg.clone()));
                 let members = self.members(&room);
-                self.send(&members, "msg", &packet.msg, &room, &user);
+                self.send_with(
+                    &members,
+                    "msg",
+                    &packet.msg,
+                    &room,
+                    &user,
+                    format!("seq={seq}"),
+                );
             }
         }
         Ok(())
@@ -440,12 +535,31 @@ fn delivery(to: ConnRef, frame: &[u8]) -> Delivery {
     };
     let json: Value = serde_json::from_slice(&frame[header_len..]).expect("packets are JSON");
     let field = |value: &Value| value.as_str().expect("a string field").to_owned();
+    let data = &json["data"];
+    let mut extra = String::new();
+    if let Some(seq) = data.get("seq") {
+        extra = format!("seq={}", seq.as_u64().expect("a seq number"));
+        match data.get("history") {
+            Some(Value::Bool(true)) => extra.push_str(" history"),
+            None => {}
+            Some(other) => panic!("history is true or absent, not {other}"),
+        }
+    }
+    if let Some(since) = data.get("since") {
+        extra = format!(
+            "since={} first={} last={}",
+            since.as_u64().expect("since"),
+            data["first_seq"].as_u64().expect("first_seq"),
+            data["last_seq"].as_u64().expect("last_seq")
+        );
+    }
     (
         to,
         field(&json["type"]),
-        field(&json["data"]["msg"]),
-        field(&json["data"]["room_name"]),
-        field(&json["data"]["user"]["user_name"]),
+        field(&data["msg"]),
+        field(&data["room_name"]),
+        field(&data["user"]["user_name"]),
+        extra,
     )
 }
 
@@ -455,6 +569,13 @@ struct Harness {
     unix_ms: u64,
     peer: IpAddr,
     outbox: Vec<(ConnRef, Rc<[u8]>)>,
+    /// The message log writes nothing while stalled.
+    log_stalled: bool,
+    /// Appends the log was given and has not written, oldest first.
+    log_queue: VecDeque<u64>,
+    /// Frames that left the API while some message was still unwritten:
+    /// compared with the model once everything is written.
+    delivered: Vec<Delivery>,
 }
 
 impl Harness {
@@ -483,6 +604,8 @@ impl Harness {
                     // every packet must be judged on its content.
                     ws_rate: 0,
                     ws_burst: 40,
+                    history_size: HISTORY_SIZE,
+                    history_on_join: HISTORY_ON_JOIN,
                 },
             },
         );
@@ -499,11 +622,15 @@ impl Harness {
                 ws_left: BTreeMap::new(),
                 sessions: BTreeMap::new(),
                 tokens: BTreeMap::new(),
+                history: BTreeMap::new(),
                 expected: Vec::new(),
             },
             unix_ms: 1_700_000_000_000,
             peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
             outbox: Vec::new(),
+            log_stalled: false,
+            log_queue: VecDeque::new(),
+            delivered: Vec::new(),
         }
     }
 
@@ -586,11 +713,16 @@ impl Harness {
                 user,
                 room,
                 token,
+                since,
             } => {
                 let tokens = self.model.all_tokens();
                 let mut packet = packet_json("join", user, room, None);
                 if let Some(token) = token.and_then(|i| pick(&tokens, i)) {
                     packet["data"]["token"] = Value::from(token.as_str());
+                }
+                if let Some(since) = since {
+                    // Small seqs: around what a short run reaches.
+                    packet["data"]["since"] = Value::from(since % 16);
                 }
                 self.text(conn_of(conn), &packet.to_string());
             }
@@ -748,6 +880,8 @@ impl Harness {
                 let token = json["data"]["token"].as_str().expect("a token").to_owned();
                 self.model.issue(name, token);
             }
+            Op::StallLog => self.log_stalled = true,
+            Op::WriteLog => self.log_stalled = false,
             Op::Wait { by, tick } => {
                 let deadline = self.model.next_deadline();
                 let until = |deadline: Instant| deadline.saturating_duration_since(self.model.now);
@@ -785,18 +919,44 @@ impl Harness {
         assert_eq!(res_of(&response), self.model.room(user, room, status));
     }
 
+    /// The reactor's part with the message log: hand over what was
+    /// accepted, and unless stalled, report all of it written.
+    fn run_log(&mut self) {
+        while let Some((id, records)) = self.api.poll_message_append() {
+            assert!(!records.is_empty());
+            self.log_queue.push_back(id);
+        }
+        if !self.log_stalled {
+            if let Some(newest) = self.log_queue.back().copied() {
+                self.api.handle_messages_written(newest);
+                self.log_queue.clear();
+            }
+        }
+    }
+
     fn check(&mut self) {
-        // Exactly the frames the model expects, to exactly its recipients.
+        self.run_log();
         self.api.swap_outbox(&mut self.outbox);
-        let mut delivered: Vec<Delivery> = self
+        let frames: Vec<Delivery> = self
             .outbox
             .drain(..)
             .map(|(to, frame)| delivery(to, &frame))
             .collect();
-        let mut expected = std::mem::take(&mut self.model.expected);
-        delivered.sort();
-        expected.sort();
-        assert_eq!(delivered, expected, "frames delivered");
+        self.delivered.extend(frames);
+        if self.log_queue.is_empty() {
+            // Exactly the frames the model expects, to exactly its
+            // recipients, once every message is written.
+            let mut delivered = std::mem::take(&mut self.delivered);
+            let mut expected = std::mem::take(&mut self.model.expected);
+            delivered.sort();
+            expected.sort();
+            assert_eq!(delivered, expected, "frames delivered");
+        } else {
+            assert!(
+                self.delivered.len() <= self.model.expected.len(),
+                "more frames than the model expects while the log is stalled"
+            );
+        }
 
         let state = self.api.state();
         let mut seats = 0;
@@ -901,8 +1061,9 @@ fn packet_json(kind: &str, user: u8, room: u8, msg: Option<&str>) -> Value {
 /// One line of a hand-written script: `open C [T]`, `close C`,
 /// `join C U R [T]`, `leave C U R`, `say C U R [long]`, `text C ...`,
 /// `binary C`, `admit U R`, `release U R`, `status U R S`, `list`,
-/// `create R [CAP] [fail]`, `register U [fail]`, `login U`,
-/// `wait SECONDS|deadline|before [tick]`. C is a connection number, T a
+/// `create R [CAP] [fail]`, `register U [fail]`, `login U`, `stall`,
+/// `write`, `wait SECONDS|deadline|before [tick]`; a join may end with
+/// `since=N`. C is a connection number, T a
 /// token index, U a user and R a room by name (or index); unknown lines are
 /// skipped.
 fn script_op(line: &str) -> Option<Op> {
@@ -936,6 +1097,9 @@ fn script_op(line: &str) -> Option<Op> {
             user: user(2)?,
             room: room(3)?,
             token: num(4),
+            since: words
+                .iter()
+                .find_map(|w| w.strip_prefix("since=")?.parse().ok()),
         },
         "leave" => Op::Leave {
             conn: num(1)?,
@@ -982,6 +1146,8 @@ fn script_op(line: &str) -> Option<Op> {
             durable: !flag("fail"),
         },
         "login" => Op::Login { user: user(1)? },
+        "stall" => Op::StallLog,
+        "write" => Op::WriteLog,
         "wait" => Op::Wait {
             by: match *words.get(1)? {
                 "deadline" => Wait::ToDeadline,

@@ -136,10 +136,19 @@ fn model(root: Option<&Value>) -> Result<ClientPacket, (PacketError, Echo)> {
         |v: Option<&Value>| matches!(v, None | Some(Value::Null | Value::String(_)));
     let avatar_ok = optional_text_ok(user.and_then(|u| u.get("user_avatar")));
     let token_ok = optional_text_ok(data.get("token"));
+    // SPEC §8: `since` is absent, null, or a non-negative integer.
+    let since = match data.get("since") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(()),
+        Some(_) => Err(()),
+    };
     let msg = text_of(data.get("msg"));
     // A join or leave needs no msg; one of another type is ignored there.
     let msg_ok = kind != PacketKind::Msg || msg.is_some();
     let (Some(name), Some(room)) = (name, room) else {
+        return fail(PacketError::InvalidData);
+    };
+    let Ok(since) = since else {
         return fail(PacketError::InvalidData);
     };
     if !user_ok || !avatar_ok || !token_ok || !msg_ok {
@@ -159,6 +168,7 @@ fn model(root: Option<&Value>) -> Result<ClientPacket, (PacketError, Echo)> {
         room_name: room.to_owned(),
         msg: msg.to_owned(),
         token: text_of(data.get("token")).map(str::to_owned),
+        since,
     })
 }
 

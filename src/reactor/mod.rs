@@ -857,6 +857,8 @@ impl Reactor {
             users: self.api.state().user_count(),
             seats: self.api.state().seats_held(),
             tokens: self.api.tokens().len(),
+            messages_retained: self.api.retained_messages(),
+            history: self.api.history_counters(),
             ..Gauges::default()
         };
         for (_, conn) in &self.conns {

@@ -192,6 +192,13 @@ impl Reactor {
                 }
                 WsEvent::Pong(_) => {}
                 WsEvent::Close { code, .. } => {
+                    // A packet read in the same batch as the close (the
+                    // Android app sends `leave` and closes at once) is
+                    // answered before the close echo; once the close is
+                    // queued nothing more goes out. Frames waiting behind
+                    // an unwritten chat message cannot be sent ahead of it
+                    // and are dropped with the connection.
+                    self.deliver_frames(now);
                     let echo = match code {
                         Some(code) => ws::close_frame(code, ""),
                         None => ws::close_frame_without_code(),
