@@ -73,6 +73,7 @@ const WS_WORDS = {
   'too many rooms': 'You are in as many rooms as one connection may join. Leave one first.',
   'message too long': 'That message is too long. Split it into shorter ones.',
   'rate limited': 'You are sending too fast. Slow down a little.',
+  'service unavailable': 'The server cannot store messages just now, so that one was not sent. Try again in a moment.',
 };
 
 const FIELD_LABELS = {
