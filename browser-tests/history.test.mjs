@@ -225,11 +225,14 @@ test('older pages load with the button and at the top, in order, once', { timeou
     assert.ok(Math.abs(now - before) <= 1, `message 66 stayed in place (${before} px from the top, now ${now})`);
   });
 
-  await t.test('the last page loads, the button goes, and all 120 are shown once, in order', async () => {
-    await ming.page.getByRole('button', { name: 'Load earlier messages' }).click();
+  await t.test('the last page loads by keyboard, the button goes, and all 120 are shown once, in order', async () => {
+    await ming.page.getByRole('button', { name: 'Load earlier messages' }).focus();
+    await ming.page.keyboard.press('Enter');
     await waitTimeline(ming.page, texts);
     await ming.page.locator(byId('load-earlier')).waitFor({ state: 'hidden' });
     await ming.page.locator(byId('history-start')).waitFor();
+    // The focus went from the vanished button to the note that replaced it.
+    assert.equal(await ming.page.evaluate(() => document.activeElement.dataset.testid), 'history-start');
     const items = await readTimeline(ming.page);
     assertConsecutive(items, 1, '小明');
     assert.ok(items.filter((item) => 'seq' in item).every((m) => m.earlier), 'all earlier');

@@ -1318,13 +1318,22 @@ function syncList(entry, scroll = 'keep') {
 function renderHistoryControls() {
   const entry = state.active ? state.rooms.get(state.active) : null;
   const button = $('load-earlier');
+  const start = $('history-start');
+  const focused = document.activeElement === button;
   const more = Boolean(entry && canLoadEarlier(entry));
   button.hidden = !more;
   const busy = Boolean(entry && entry.loadingEarlier);
-  button.disabled = busy;
+  // Not `disabled`: that would take the keyboard focus away while loading
+  // (a click meanwhile is ignored by loadEarlier).
+  button.setAttribute('aria-disabled', String(busy));
   button.setAttribute('aria-busy', String(busy));
   button.textContent = busy ? 'Loading earlier messages…' : 'Load earlier messages';
-  $('history-start').hidden = !(entry && entry.minSeq > 0 && !more);
+  start.hidden = !(entry && entry.minSeq > 0 && !more);
+  // A keyboard user whose button went away lands on the note that replaced it.
+  if (focused && button.hidden && !start.hidden) {
+    start.tabIndex = -1;
+    start.focus({ preventScroll: true });
+  }
 }
 
 function renderMembers() {
