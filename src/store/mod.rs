@@ -6,9 +6,14 @@
 //! and `sync_data` returned; a failed group is cut back off the files so that
 //! nothing the caller was told failed can reappear at the next start.
 
+mod messages;
 mod replay;
 mod writer;
 
+pub use messages::{
+    plan_replay, replay_message_segment, AppendId, HistoryBuilder, LogConfig, LogEvent, LogLine,
+    LogWriter, MessageLog, MessageRecord, RoomLog, SegmentRange, MAX_LINE_BYTES, MESSAGES_DIR,
+};
 pub use replay::{replay_rooms, replay_users, BadLine, Scanned, Tail};
 
 use std::fmt;
