@@ -131,7 +131,7 @@ fn traffic(rooms: usize, count: usize) -> Vec<MessageRecord> {
             state ^= state >> 7;
             state ^= state << 17;
             // Room 0 is busy, the others share the rest unevenly.
-            let room = if state % 3 == 0 {
+            let room = if state.is_multiple_of(3) {
                 0
             } else {
                 (state >> 8) as usize % rooms
