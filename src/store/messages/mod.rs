@@ -333,7 +333,16 @@ impl MessageLog {
         let disk_bytes: u64 =
             self.sealed.iter().map(|m| m.bytes).sum::<u64>() + self.head_meta.bytes;
         let disk_bytes = Arc::new(AtomicU64::new(disk_bytes));
-        let sync = Arc::new(SyncShared::new(self.head_meta.range.first));
+        // Compacted segments were fsynced when they were made.
+        let plain = self
+            .sealed
+            .iter()
+            .map(|m| m.range)
+            .filter(|r| r.first == r.last);
+        let sync = Arc::new(SyncShared::new(
+            self.head_meta.range.first,
+            plain.map(|r| r.first).collect(),
+        ));
         let (sealed_tx, sealed_rx) = mpsc::channel();
         let (tx, rx) = mpsc::channel();
 

@@ -30,13 +30,15 @@ struct SyncState {
 }
 
 impl SyncShared {
-    pub(super) fn new(head: u64) -> Self {
+    /// The first round covers what a previous process wrote: one killed
+    /// before its own syncer came round left it to the kernel's writeback.
+    pub(super) fn new(head: u64, older: Vec<u64>) -> Self {
         SyncShared {
             state: Mutex::new(SyncState {
-                dirty_since: None,
+                dirty_since: Some(Instant::now()),
                 head,
-                sealed: Vec::new(),
-                dir_dirty: false,
+                sealed: older,
+                dir_dirty: true,
                 stopping: false,
             }),
             wake: Condvar::new(),

@@ -420,6 +420,25 @@ fn an_fsync_follows_the_writes() {
 }
 
 #[test]
+fn what_an_earlier_process_wrote_is_fsynced_after_a_restart() {
+    // Killed before its syncer came round: the writes are only in the
+    // kernel's cache. The first round covers them without a new write.
+    let tmp = tempfile::tempdir().unwrap();
+    lay_out(
+        &messages_dir(tmp.path()),
+        &[line_of(&msg("a", 1)), line_of(&msg("a", 2))],
+        1,
+    );
+    let cfg = config(1000, 8 << 20, Duration::from_millis(20));
+    let (log, _) = MessageLog::open(tmp.path(), cfg).unwrap();
+    let (notify, events) = collector();
+    let writer = log.spawn(notify).unwrap();
+    let seen = wait_for(&events, |e| matches!(e, LogEvent::Synced { .. }));
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    writer.shutdown();
+}
+
+#[test]
 fn appends_replay_per_room_in_order_after_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(1000, 8 << 20, Duration::from_millis(50));
