@@ -706,6 +706,12 @@ fn history_pages_walk_both_ways_and_say_when_more_exist() {
         (&[("after", "29")], vec![30], false),
         (&[("after", "30")], vec![], false),
         (&[("after", "1000")], vec![], false),
+        (&[("after", "18446744073709551615")], vec![], false),
+        (
+            &[("before", "18446744073709551615"), ("limit", "5")],
+            seqs(26..=30),
+            true,
+        ),
     ];
     for (params, want, more) in cases {
         assert_eq!(
@@ -729,6 +735,20 @@ fn history_pages_walk_both_ways_and_say_when_more_exist() {
         reply.json()["messages"],
         json!(live[10..20].iter().map(row_of).collect::<Vec<_>>())
     );
+
+    // A JSON body with numbers, as a JavaScript client sends it.
+    let reply = common::post_json(
+        addr,
+        "/chatroom/history",
+        &json!({"room_name": "paged", "after": 19, "limit": 10}),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let body = reply.json();
+    assert_eq!(
+        body["messages"],
+        json!(live[19..29].iter().map(row_of).collect::<Vec<_>>())
+    );
+    assert_eq!(body["has_more"], true);
 
     // Walking back from the newest with `before` visits every retained
     // message once.
@@ -826,6 +846,7 @@ fn since_recovers_exactly_what_was_missed_or_says_what_is_gone() {
         (30, None, &[]),
         (31, None, &[]),
         (1_000_000_000_000, None, &[]),
+        (u64::MAX, None, &[]),
     ];
     for (since, first, following) in cases {
         let mut x = server.client();
@@ -839,7 +860,7 @@ fn since_recovers_exactly_what_was_missed_or_says_what_is_gone() {
         x.close();
     }
     let (complete, incomplete) = recoveries(addr);
-    assert_eq!(complete - complete_before, 6.0, "complete recoveries");
+    assert_eq!(complete - complete_before, 7.0, "complete recoveries");
     assert_eq!(incomplete - incomplete_before, 2.0, "incomplete recoveries");
 
     // Live messages follow a recovery on the same connection.
@@ -1042,6 +1063,60 @@ fn a_reconnect_with_since_gets_every_missed_message_once_then_live_ones() {
     // Not asserted: how many came as history depends on how far B got
     // while A was away.
     eprintln!("{by_history} of {TOTAL} messages came as history");
+}
+
+#[test]
+fn a_join_while_another_member_sends_gets_the_newest_then_live_without_a_seam() {
+    const TOTAL: u64 = 200;
+    let server = server_with(|_| {});
+    server.register("a", "");
+    server.register("b", "");
+    server.create_room("seam");
+    let mut b = server.client();
+    b.join_ok("b", "seam");
+    let (progress, sixty) = std::sync::mpsc::channel();
+    let sender = std::thread::spawn(move || {
+        for i in 1..=TOTAL {
+            b.say("b", "seam", &format!("b{i}"));
+            loop {
+                let p = b.recv();
+                assert_ne!(p["type"], "error", "{p}");
+                if p["type"] == "msg" {
+                    assert_eq!(seq_of(&p), i, "{p}");
+                    break;
+                }
+            }
+            if i == 60 {
+                progress.send(()).unwrap();
+            }
+        }
+    });
+    sixty.recv().expect("b reached seq 60");
+    // b keeps sending while a joins.
+    let mut a = server.client();
+    a.join_ok("a", "seam");
+    let mut history = Vec::new();
+    let mut live = Vec::new();
+    while live
+        .last()
+        .or(history.last())
+        .is_none_or(|&seq| seq < TOTAL)
+    {
+        let p = a.recv();
+        assert_eq!(p["type"], "msg", "{p}");
+        let seq = seq_of(&p);
+        if let Some(&previous) = live.last().or(history.last()) {
+            assert_eq!(seq, previous + 1, "after {previous} came {p}");
+        }
+        if is_history(&p) {
+            assert!(live.is_empty(), "history after a live message: {p}");
+            history.push(seq);
+        } else {
+            live.push(seq);
+        }
+    }
+    sender.join().expect("sender thread");
+    assert_eq!(history.len(), 50, "the newest 50 as history: {history:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1275,18 +1350,31 @@ fn an_old_client_gets_only_msg_packets_marked_history_after_its_join() {
     old.leave("old", "legacy");
     old.expect("user", "old", "legacy", "leave");
 
+    // Joining again after a leave subscribes anew: the newest 3 again.
+    let (_, after) = join_collect(&mut old, "old", "legacy", None);
+    let newest: Vec<Value> = live[3..].iter().chain(&said).cloned().collect();
+    assert_history_of(&after, &newest, "history on a join after a leave");
+
     // An empty room owes nothing after the user packet.
     let (first, after) = join_collect(&mut old, "old", "empty", None);
     assert_eq!(first["data"]["msg"], "create");
     assert_eq!(after, Vec::<Value>::new());
+}
 
-    // With history on join off, nothing follows the user packet.
-    drop((talker, old));
-    let server = server.restart_with(|c| {
-        c.chat.ws_rate = 0;
-        c.chat.history_on_join = 0;
-    });
-    let mut old = server.client();
-    let (_, after) = join_collect(&mut old, "old", "legacy", None);
+#[test]
+fn history_on_join_off_sends_nothing_after_the_user_packet_but_since_still_recovers() {
+    let server = server_with(|c| c.chat.history_on_join = 0);
+    server.register("talker", "");
+    server.register("x", "");
+    server.create_room("r");
+    let mut talker = server.client();
+    talker.join_ok("talker", "r");
+    let live = say_many(&mut talker, "talker", "r", 4, "said");
+    let mut x = server.client();
+    let (_, after) = join_collect(&mut x, "x", "r", None);
     assert_eq!(after, Vec::<Value>::new(), "--history-on-join 0");
+    x.close();
+    let mut x = server.client();
+    let (_, after) = join_collect(&mut x, "x", "r", Some(json!(2)));
+    assert_history_of(&after, &live[2..], "since 2 with --history-on-join 0");
 }
