@@ -269,6 +269,16 @@ fn child_create(server: &ChildServer, room: &str) {
     assert!(answer.is(200, "chatroom create successfully"), "{answer:?}");
 }
 
+/// Total size of the files in `dir` (not recursive).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().metadata().unwrap())
+        .filter(|meta| meta.is_file())
+        .map(|meta| meta.len())
+        .sum()
+}
+
 // ---------------------------------------------------------------------------
 // 1. Seqs
 // ---------------------------------------------------------------------------
@@ -663,6 +673,101 @@ fn kill_9_in_a_burst_loses_no_message_anyone_received() {
         seq_of(&say_many(&mut late, "late", "burst", 1, "after")[0]),
         last_served + 1
     );
+}
+
+// ---------------------------------------------------------------------------
+// 3. Compaction under load
+// ---------------------------------------------------------------------------
+
+/// The message log's segment size: the head segment grows to this before
+/// it is closed, and only closed segments are compacted.
+const SEGMENT_BYTES: u64 = 8 << 20;
+
+#[test]
+fn compaction_keeps_the_newest_per_room_and_bounds_the_disk() {
+    const ROOMS: usize = 5;
+    const KEEP: usize = 20;
+    const CHUNK: usize = 250;
+    let filler = "m".repeat(1900);
+    // Enough to close several segments, so that compaction has to run.
+    let per_room = (4 * SEGMENT_BYTES as usize) / (ROOMS * filler.len()) + 1;
+    let server = server_with(|c| c.chat.history_size = KEEP);
+    let messages_dir = server.dir.path().join("messages");
+    server.register("talker", "");
+    let rooms: Vec<String> = (0..ROOMS).map(|r| format!("room {r}")).collect();
+    let mut talker = server.client();
+    for room in &rooms {
+        server.create_room(room);
+        talker.join_ok("talker", room);
+    }
+    // Round robin over the rooms, CHUNK messages in flight at a time; the
+    // newest KEEP live packets of each room are kept.
+    let mut newest: Vec<std::collections::VecDeque<Value>> = vec![Default::default(); ROOMS];
+    let total = per_room * ROOMS;
+    let mut sent = 0;
+    while sent < total {
+        let n = CHUNK.min(total - sent);
+        for i in sent..sent + n {
+            let room = &rooms[i % ROOMS];
+            let text = format!("{} {filler}", i / ROOMS);
+            talker.queue(&packet("msg", "talker", "", room, &text));
+        }
+        talker.flush();
+        for i in sent..sent + n {
+            let p = talker.recv();
+            assert_eq!(p["type"], "msg", "{p}");
+            assert_eq!(p["data"]["room_name"], rooms[i % ROOMS].as_str(), "{p}");
+            assert_eq!(seq_of(&p), (i / ROOMS) as u64 + 1, "{p}");
+            let kept = &mut newest[i % ROOMS];
+            kept.push_back(p);
+            if kept.len() > KEEP {
+                kept.pop_front();
+            }
+        }
+        sent += n;
+    }
+    drop(talker);
+
+    // The bound, from the store: compaction runs whenever the closed
+    // segments take more than twice what they retain plus half a segment,
+    // and the head segment is closed once it passes SEGMENT_BYTES (by at
+    // most one line). Retained: KEEP lines per room, each the message and
+    // under 200 bytes of JSON around it.
+    let line = filler.len() as u64 + 200;
+    let retained = (ROOMS * KEEP) as u64 * line;
+    let bound = 2 * retained + SEGMENT_BYTES * 3 / 2 + line;
+    let written = total as u64 * filler.len() as u64;
+    assert!(written > 2 * bound, "too little written to tell");
+    common::wait_until(
+        &format!("{} holds at most {bound} bytes", messages_dir.display()),
+        || dir_bytes(&messages_dir) <= bound,
+    );
+
+    let server = server.restart_with(|c| {
+        c.chat.ws_rate = 0;
+        c.chat.history_size = KEEP;
+    });
+    for (room, kept) in rooms.iter().zip(&newest) {
+        let rows: Vec<Value> = kept.iter().map(row_of).collect();
+        assert_eq!(all_history(server.http_addr(), room), rows, "{room}");
+    }
+    common::wait_until("the bound holds after the restart", || {
+        dir_bytes(&messages_dir) <= bound
+    });
+    let mut talker = server.client();
+    let (_, after) = join_collect(&mut talker, "talker", &rooms[0], None);
+    assert_history_of(&after, newest[0].make_contiguous(), "history on join");
+    let next = say_many(&mut talker, "talker", &rooms[0], 1, "next");
+    assert_eq!(seq_of(&next[0]), per_room as u64 + 1);
+    drop(talker);
+
+    // Retention lowered between runs: start-up keeps the newest 5.
+    let server = server.restart_with(|c| {
+        c.chat.ws_rate = 0;
+        c.chat.history_size = 5;
+    });
+    let rows: Vec<Value> = newest[1].iter().skip(KEEP - 5).map(row_of).collect();
+    assert_eq!(all_history(server.http_addr(), &rooms[1]), rows);
 }
 
 // ---------------------------------------------------------------------------
