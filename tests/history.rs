@@ -480,6 +480,58 @@ fn seqs_and_history_survive_kill_9() {
     );
 }
 
+/// Texts whose frames cross the WebSocket length encodings (a live frame
+/// and its history copy, 15 bytes longer, may fall on either side of 126)
+/// and that need escaping in JSON.
+fn awkward_texts() -> Vec<String> {
+    let mut texts: Vec<String> = (1..=40).map(|n| "a".repeat(n)).collect();
+    texts.extend(
+        [
+            "\"quoted\" and \\ back\\slashed",
+            "tab\tnew\nline\r\n",
+            "\u{1}\u{1f}\u{7f} controls",
+            "emoji 😀 ✓ 你好 é",
+            "</script><b>&amp;</b>",
+            "{\"type\":\"msg\"}}",
+        ]
+        .map(String::from),
+    );
+    texts.push("\"".repeat(2000));
+    texts.push("\u{1}".repeat(2000));
+    texts.push("😀".repeat(2000));
+    texts
+}
+
+#[test]
+fn history_keeps_every_text_exactly_across_a_restart() {
+    let server = server_with(|c| c.chat.history_on_join = 100);
+    server.register("t", "");
+    server.register("x", "");
+    server.create_room("r");
+    let mut t = server.client();
+    t.join_ok("t", "r");
+    let mut live = Vec::new();
+    for text in awkward_texts() {
+        let p = t.say_ok("t", "r", &text);
+        live.push(p);
+    }
+    let check = |server: &TestServer, what: &str| {
+        let rows: Vec<Value> = live.iter().map(row_of).collect();
+        assert_eq!(all_history(server.http_addr(), "r"), rows, "{what}: rows");
+        let mut x = server.client();
+        let (_, after) = join_collect(&mut x, "x", "r", None);
+        assert_history_of(&after, &live, what);
+        x.close();
+    };
+    check(&server, "before a restart");
+    drop(t);
+    let server = server.restart_with(|c| {
+        c.chat.ws_rate = 0;
+        c.chat.history_on_join = 100;
+    });
+    check(&server, "after a restart");
+}
+
 // ---------------------------------------------------------------------------
 // 2. kill -9 in the middle of a burst
 // ---------------------------------------------------------------------------
