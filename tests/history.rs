@@ -464,7 +464,7 @@ fn seqs_and_history_survive_kill_9() {
     drop(server);
 
     // Killed again right after a message was received.
-    let server = ChildServer::start(dir.path(), &args);
+    let mut server = ChildServer::start(dir.path(), &args);
     let rows: Vec<Value> = kept.iter().map(row_of).collect();
     assert_eq!(
         all_history(server.http, "kept"),
@@ -474,10 +474,24 @@ fn seqs_and_history_survive_kill_9() {
     let mut alice = child_client(&server);
     let (_, after) = join_collect(&mut alice, "alice", "kept", None);
     assert_history_of(&after, &kept, "history on join after a second kill");
-    assert_eq!(
-        seq_of(&say_many(&mut alice, "alice", "kept", 1, "third life")[0]),
-        9
-    );
+    let next = say_many(&mut alice, "alice", "kept", 1, "third life");
+    assert_eq!(seq_of(&next[0]), 9);
+    kept.extend(next);
+
+    // SIGTERM: the binary's own clean shutdown, then a fourth life.
+    server.signal("TERM");
+    assert_eq!(alice.read_until_closed(), Some(1001));
+    let status = server.wait_exit(std::time::Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    drop(server);
+    let server = ChildServer::start(dir.path(), &args);
+    let rows: Vec<Value> = kept.iter().map(row_of).collect();
+    assert_eq!(all_history(server.http, "kept"), rows, "after SIGTERM");
+    let mut bob = child_client(&server);
+    let (_, after) = join_collect(&mut bob, "bob", "kept", None);
+    assert_history_of(&after, &kept, "history on join after SIGTERM");
+    let next = say_many(&mut bob, "bob", "kept", 1, "fourth life");
+    assert_eq!(seq_of(&next[0]), 10);
 }
 
 /// Texts whose frames cross the WebSocket length encodings (a live frame
