@@ -23,7 +23,7 @@ dict_for() {
   case "$1" in
     http_request | http_params) echo fuzz/dict/http.dict ;;
     ws_handshake) echo fuzz/dict/ws_handshake.dict ;;
-    chat_packets | chat_core | store_replay) echo fuzz/dict/json.dict ;;
+    chat_packets | chat_core | store_replay | message_replay) echo fuzz/dict/json.dict ;;
     *) echo "" ;;
   esac
 }

@@ -53,11 +53,10 @@ pub struct Metrics {
     pub frames_dropped: u64,
     pub fsync_seconds: Histogram,
     pub storage_failures: u64,
-    /// Message log: fsyncs, compactions, failed writes, bytes on disk.
+    /// Message log: fsyncs, compactions, failed writes.
     pub message_log_sync_seconds: Histogram,
     pub history_compactions: u64,
     pub message_log_write_failures: u64,
-    pub history_disk_bytes: u64,
     /// Requests whose client address a trusted proxy named (`--trusted-proxy`).
     pub forwarded_requests: u64,
     /// Requests from a trusted proxy whose forwarding header could not be
@@ -79,6 +78,7 @@ pub struct Gauges {
     pub seats: usize,
     pub tokens: usize,
     pub messages_retained: usize,
+    pub history_disk_bytes: u64,
     pub history: crate::api::HistoryCounters,
 }
 
@@ -121,7 +121,7 @@ impl Metrics {
         gauge(
             "chatroom_history_disk_bytes",
             "Bytes of the message log on disk.",
-            usize::try_from(self.history_disk_bytes).unwrap_or(usize::MAX),
+            usize::try_from(gauges.history_disk_bytes).unwrap_or(usize::MAX),
         );
         let mut counter = |name: &str, help: &str, value: u64| {
             let _ = writeln!(

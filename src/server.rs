@@ -16,7 +16,7 @@ use crate::api::ApiConfig;
 use crate::auth::{self, HashCost, HashPool};
 use crate::config::Config;
 use crate::reactor::{HelperEvent, Reactor, ReactorParts, StopHandle, WAKER};
-use crate::store::{DataDir, StoreError, Writer};
+use crate::store::{DataDir, LogConfig, MessageLog, StoreError, Writer};
 
 /// Why a server could not start.
 #[derive(Debug)]
@@ -103,6 +103,26 @@ impl Server {
             }),
         )?;
 
+        let log_config = LogConfig {
+            history_size: config.chat.history_size,
+            ..LogConfig::default()
+        };
+        let (message_log, history) =
+            MessageLog::open(&config.data_dir, log_config).map_err(StartError::Store)?;
+        let retained: usize = history.values().map(|room| room.messages.len()).sum();
+        log::info!(
+            "message log: {retained} retained message(s) in {} room(s)",
+            history.len()
+        );
+        let log_waker = Arc::clone(&waker);
+        let log_events = Mutex::new(events_tx.clone());
+        let message_log = message_log.spawn(Box::new(move |event| {
+            if let Ok(tx) = log_events.lock() {
+                let _ = tx.send(HelperEvent::MessageLog(event));
+            }
+            let _ = log_waker.wake();
+        }))?;
+
         let store_waker = Arc::clone(&waker);
         let writer = Writer::spawn(
             &data_dir,
@@ -125,11 +145,12 @@ impl Server {
             ws_listener,
             config,
             replayed,
-            history: std::collections::HashMap::new(),
+            history,
             api_config,
             helper_events,
             hash_pool,
             writer,
+            message_log,
             data_dir,
             stop: Arc::clone(&stop_flag),
             signals: None,

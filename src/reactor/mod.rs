@@ -28,7 +28,7 @@ use crate::http::forwarded::{self, ClientAddress};
 use crate::http::request::{Event as HttpEvent, HttpError, Request, RequestParser};
 use crate::http::response::{Response, CONTINUE};
 use crate::metrics::{Gauges, Metrics};
-use crate::store::{Completion, DataDir, Replayed, RoomLog, Writer};
+use crate::store::{Completion, DataDir, LogEvent, LogWriter, Replayed, RoomLog, Writer};
 use signal_hook_mio::v1_0::Signals;
 
 pub use outqueue::{Flushed, OutQueue, SpareRings};
@@ -61,6 +61,7 @@ const OUTPUT_PAUSE_BYTES: usize = 256 * 1024;
 pub enum HelperEvent {
     Password(JobId, PasswordOutcome),
     Stored(Completion),
+    MessageLog(LogEvent),
 }
 
 /// What the reply to an awaited request must look like once it arrives.
@@ -256,6 +257,7 @@ pub struct Reactor {
     helper_events: Receiver<HelperEvent>,
     hash_pool: HashPool,
     writer: Option<Writer>,
+    message_log: Option<LogWriter>,
     _data_dir: DataDir,
     stop: Arc<AtomicBool>,
     scratch: Vec<u8>,
@@ -289,6 +291,7 @@ pub struct ReactorParts {
     pub helper_events: Receiver<HelperEvent>,
     pub hash_pool: HashPool,
     pub writer: Writer,
+    pub message_log: LogWriter,
     pub data_dir: DataDir,
     pub stop: Arc<AtomicBool>,
     /// SIGINT/SIGTERM, when this server handles them (the binary does).
@@ -308,6 +311,7 @@ impl Reactor {
             helper_events,
             hash_pool,
             writer,
+            message_log,
             data_dir,
             stop,
             mut signals,
@@ -335,6 +339,7 @@ impl Reactor {
             helper_events,
             hash_pool,
             writer: Some(writer),
+            message_log: Some(message_log),
             _data_dir: data_dir,
             stop,
             scratch: vec![0; READ_CHUNK],
@@ -492,6 +497,9 @@ impl Reactor {
         }
         if let Some(writer) = self.writer.take() {
             writer.shutdown();
+        }
+        if let Some(log) = self.message_log.take() {
+            log.shutdown();
         }
         log::info!("stopped");
     }
@@ -858,6 +866,7 @@ impl Reactor {
             seats: self.api.state().seats_held(),
             tokens: self.api.tokens().len(),
             messages_retained: self.api.retained_messages(),
+            history_disk_bytes: self.message_log.as_ref().map_or(0, LogWriter::disk_bytes),
             history: self.api.history_counters(),
             ..Gauges::default()
         };
@@ -1016,8 +1025,34 @@ impl Reactor {
     /// Hands this turn's chat messages to the message log; their frames
     /// wait until it reports them written.
     fn submit_messages(&mut self) {
-        while let Some((id, _records)) = self.api.poll_message_append() {
-            self.api.handle_messages_written(id);
+        while let Some((id, records)) = self.api.poll_message_append() {
+            match &self.message_log {
+                Some(log) => log.append(id, records),
+                // Only after shutdown has stopped the log: nobody is left
+                // to deliver to.
+                None => self.api.handle_messages_written(id),
+            }
+        }
+    }
+
+    fn on_message_log(&mut self, event: LogEvent) {
+        match event {
+            LogEvent::Written { id } => self.api.handle_messages_written(id),
+            LogEvent::WriteFailing { id, error } => {
+                self.metrics.message_log_write_failures += 1;
+                self.api.handle_message_write_failing(id, &error);
+            }
+            LogEvent::Synced { micros } => self
+                .metrics
+                .message_log_sync_seconds
+                .observe(micros as f64 / 1e6),
+            LogEvent::Compacted {
+                bytes_before,
+                bytes_after,
+            } => {
+                self.metrics.history_compactions += 1;
+                log::debug!("message log compacted: {bytes_before} -> {bytes_after} bytes");
+            }
         }
     }
 
@@ -1042,6 +1077,7 @@ impl Reactor {
                         self.deliver(conn, response, now);
                     }
                 }
+                HelperEvent::MessageLog(event) => self.on_message_log(event),
             }
         }
     }

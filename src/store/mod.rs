@@ -10,8 +10,10 @@ mod messages;
 mod replay;
 mod writer;
 
-pub use messages::{AppendId, MessageRecord, RoomLog};
-
+pub use messages::{
+    plan_replay, replay_message_segment, AppendId, HistoryBuilder, LogConfig, LogEvent, LogLine,
+    LogWriter, MessageLog, MessageRecord, RoomLog, SegmentRange, MAX_LINE_BYTES, MESSAGES_DIR,
+};
 pub use replay::{replay_rooms, replay_users, BadLine, Scanned, Tail};
 
 use std::fmt;

@@ -124,8 +124,9 @@ pub fn replay_rooms(bytes: &[u8]) -> Result<Scanned<RoomRecord>, BadLine> {
 }
 
 /// Hands each complete line of `bytes` (without its newline) and its 1-based
-/// number to `parse`, stopping at the first line `parse` refuses.
-fn scan<T>(
+/// number to `parse`, stopping at the first line `parse` refuses. The message
+/// log's segments share it, so both journals cut torn tails by one rule.
+pub(super) fn scan<T>(
     bytes: &[u8],
     mut parse: impl FnMut(&[u8], usize) -> Result<T, String>,
 ) -> Result<Scanned<T>, BadLine> {
@@ -176,7 +177,7 @@ pub(super) fn scan_rooms(file: &File, path: &Path) -> Result<Scanned<RoomRecord>
     replay_rooms(&read_journal(file, path)?).map_err(|bad| bad.in_file(path))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| format!("invalid UTF-8 at byte {} of the line", e.valid_up_to()))?;
     let trimmed = text.trim();

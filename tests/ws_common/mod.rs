@@ -70,6 +70,32 @@ impl TestServer {
         }
     }
 
+    /// Stops the server (a clean shutdown: pending writes finish) and
+    /// starts a new one on the same data directory, the base configuration
+    /// with `adjust` applied. Phone numbers keep counting, so users
+    /// registered after the restart do not collide with earlier ones.
+    pub fn restart_with(self, adjust: impl FnOnce(&mut chatroom::Config)) -> TestServer {
+        let TestServer {
+            server,
+            dir,
+            agent,
+            next_tel,
+        } = self;
+        server.stop().expect("the server stops cleanly");
+        let mut config = base_config(&dir);
+        adjust(&mut config);
+        let server = chatroom::Server::bind(config)
+            .expect("bind the restarted server")
+            .spawn()
+            .expect("spawn the restarted server");
+        TestServer {
+            server,
+            dir,
+            agent,
+            next_tel,
+        }
+    }
+
     pub fn http_addr(&self) -> SocketAddr {
         self.server.http_addr()
     }
