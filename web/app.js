@@ -410,6 +410,7 @@ function reauthenticate() {
       leaveChat(`Could not log in again: ${error}`);
       return false;
     }
+    notify(`Logged in again as ${state.user.user_name}.`, 'ok');
     await rejoinAll();
     return true;
   })().finally(() => {
