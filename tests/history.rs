@@ -808,6 +808,18 @@ fn compaction_keeps_the_newest_per_room_and_bounds_the_disk() {
         &format!("{} holds at most {bound} bytes", messages_dir.display()),
         || dir_bytes(&messages_dir) <= bound,
     );
+    // The metrics say the same: compactions ran, the bytes on disk are the
+    // directory's, the window holds KEEP per room.
+    let addr = server.http_addr();
+    assert!(fault_support::metric(addr, "chatroom_history_compactions_total") >= 1.0);
+    assert_eq!(
+        fault_support::metric(addr, "chatroom_history_messages_retained"),
+        (ROOMS * KEEP) as f64
+    );
+    common::wait_until("the disk bytes metric matches the directory", || {
+        fault_support::metric(addr, "chatroom_history_disk_bytes")
+            == dir_bytes(&messages_dir) as f64
+    });
 
     let server = server.restart_with(|c| {
         c.chat.ws_rate = 0;
