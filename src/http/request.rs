@@ -13,6 +13,8 @@
 
 use std::fmt;
 
+use super::response::Response;
+
 /// Limits applied while parsing; every one maps to a status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
@@ -148,7 +150,7 @@ pub enum Event {
 }
 
 /// A request the parser refuses. After any error the connection is answered
-/// with `status()` and closed; the parser stays failed.
+/// with `response()` and closed; the parser stays failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpError {
     /// 400: malformed request line or header, smuggling defences
@@ -188,6 +190,27 @@ impl HttpError {
             HttpError::VersionNotSupported => "HTTP version not supported",
             HttpError::ExpectationFailed => "expectation failed",
         }
+    }
+
+    /// The `res` string clients match on (docs/http-api.md). It names the
+    /// status, so errors that share a status share it; `reason` is the part
+    /// that tells them apart.
+    pub fn res(&self) -> &'static str {
+        match self {
+            HttpError::BadRequest(_) => "bad request",
+            HttpError::HeadTooLarge | HttpError::TooManyHeaders => {
+                "request header fields too large"
+            }
+            HttpError::BodyTooLarge => "payload too large",
+            HttpError::VersionNotSupported => "http version not supported",
+            HttpError::ExpectationFailed => "expectation failed",
+        }
+    }
+
+    /// The answer sent before the connection closes: `{"res", "error"}`
+    /// with this error's status, counted in metrics under its `res`.
+    pub fn response(&self) -> Response {
+        Response::res_with_error(self.status(), self.res(), self.reason())
     }
 }
 
@@ -1693,6 +1716,28 @@ mod tests {
             assert_eq!(error.status(), status);
             assert_eq!(error.reason(), reason);
             assert_eq!(error.to_string(), reason);
+        }
+    }
+
+    /// The `res` strings are the documented contract; the body carries the
+    /// reason beside it so a client can tell 431s apart.
+    #[test]
+    fn each_error_answers_with_its_res_and_reason() {
+        let table = [
+            (HttpError::BadRequest("malformed request"), "bad request"),
+            (HttpError::HeadTooLarge, "request header fields too large"),
+            (HttpError::TooManyHeaders, "request header fields too large"),
+            (HttpError::BodyTooLarge, "payload too large"),
+            (HttpError::VersionNotSupported, "http version not supported"),
+            (HttpError::ExpectationFailed, "expectation failed"),
+        ];
+        for (error, res) in table {
+            assert_eq!(error.res(), res);
+            let response = error.response();
+            assert_eq!(response.status, error.status(), "{error:?}");
+            assert_eq!(response.outcome, res, "{error:?}");
+            let body = format!(r#"{{"res":"{res}","error":"{}"}}"#, error.reason());
+            assert_eq!(String::from_utf8(response.body).unwrap(), body);
         }
     }
 

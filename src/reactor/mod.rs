@@ -760,17 +760,8 @@ impl Reactor {
             return;
         };
         log::debug!("rejecting request from {}: {}", conn.peer, error.reason());
-        let res = match error {
-            HttpError::BadRequest(_) => "bad request",
-            HttpError::HeadTooLarge | HttpError::TooManyHeaders => {
-                "request header fields too large"
-            }
-            HttpError::BodyTooLarge => "payload too large",
-            HttpError::VersionNotSupported => "http version not supported",
-            HttpError::ExpectationFailed => "expectation failed",
-        };
-        let response = Response::res_with_error(error.status(), res, error.reason());
-        self.metrics.count_request("other", res);
+        let response = error.response();
+        self.metrics.count_request("other", response.outcome);
         http.close_after_flush = true;
         conn.close_reason = Some(error.reason());
         http.request_started = None;
