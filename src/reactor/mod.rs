@@ -2,7 +2,13 @@
 //! `WouldBlock`, hands bytes to the connection's codec, runs what the codec
 //! and the API ask for, and writes queued output with vectored writes. It
 //! knows nothing about rooms or users.
+//!
+//! This file holds what every connection shares: accepting, reading,
+//! flushing, closing, timers, helper results and shutdown. What a
+//! connection does with its bytes depends on its protocol and lives beside
+//! it, in `http.rs` and `websocket.rs`.
 
+mod http;
 mod outqueue;
 mod timers;
 mod websocket;
@@ -20,17 +26,16 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::api::{Api, ApiConfig, ConnRef, Now, Outcome};
+use crate::api::{Api, ApiConfig, ConnRef, Now};
 use crate::auth::{HashPool, JobId, PasswordOutcome};
 use crate::chat::state::ChatState;
 use crate::config::Config;
-use crate::http::forwarded::{self, ClientAddress};
-use crate::http::request::{Event as HttpEvent, HttpError, Request, RequestParser};
-use crate::http::response::{Response, CONTINUE};
-use crate::metrics::{Gauges, Metrics};
+use crate::http::response::Response;
+use crate::metrics::Metrics;
 use crate::store::{Completion, DataDir, LogEvent, LogWriter, Replayed, RoomLog, Writer};
 use signal_hook_mio::v1_0::Signals;
 
+use http::HttpConn;
 pub use outqueue::{Flushed, OutQueue, SpareRings};
 use timers::Timers;
 use websocket::WsConn;
@@ -52,9 +57,6 @@ const LINGER: Duration = Duration::from_secs(2);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Shared read buffer size; one read never takes more than this.
 const READ_CHUNK: usize = 64 * 1024;
-/// Pipelined requests are not parsed while this much output is unsent: a
-/// client that sends without reading must not grow our memory.
-const OUTPUT_PAUSE_BYTES: usize = 256 * 1024;
 
 /// Results that helper threads send back to the reactor.
 #[derive(Debug)]
@@ -62,30 +64,6 @@ pub enum HelperEvent {
     Password(JobId, PasswordOutcome),
     Stored(Completion),
     MessageLog(LogEvent),
-}
-
-/// What the reply to an awaited request must look like once it arrives.
-#[derive(Debug, Clone, Copy)]
-struct ReplyShape {
-    /// The endpoint, as a metrics label.
-    endpoint: &'static str,
-    head_only: bool,
-    keep_alive: bool,
-    http10: bool,
-}
-
-#[derive(Debug)]
-struct HttpConn {
-    parser: RequestParser,
-    /// When the bytes of the request being received started arriving (or
-    /// when its head completed, for the body).
-    request_started: Option<Instant>,
-    awaiting: Option<ReplyShape>,
-    /// A request has been received: until then the connection has only the
-    /// header timeout to show it is a client, not the keep-alive idle time.
-    received_a_request: bool,
-    /// Answer what is queued, then close.
-    close_after_flush: bool,
 }
 
 /// The input buffer of the last connection whose input was all consumed,
@@ -454,18 +432,7 @@ impl Reactor {
                     );
                     self.close_ws(key, frame, "shutdown", now);
                 }
-                Protocol::Http(http) => {
-                    let idle = http.awaiting.is_none()
-                        && http.request_started.is_none()
-                        && conn.inbuf.is_empty();
-                    if idle && conn.out.is_empty() {
-                        self.remove(key, "shutdown");
-                    } else if idle {
-                        http.close_after_flush = true;
-                        conn.close_reason.get_or_insert("shutdown");
-                        self.mark_dirty(key);
-                    }
-                }
+                Protocol::Http(_) => self.http_shutdown(key),
                 Protocol::Closing => {}
             }
         }
@@ -582,13 +549,7 @@ impl Reactor {
             generation,
             inbuf: Vec::new(),
             out: OutQueue::default(),
-            protocol: Protocol::Http(Box::new(HttpConn {
-                parser: RequestParser::new(self.config.http_limits),
-                request_started: None,
-                awaiting: None,
-                received_a_request: false,
-                close_after_flush: false,
-            })),
+            protocol: Protocol::Http(Box::new(HttpConn::new(self.config.http_limits))),
             deadline: None,
             armed: None,
             last_activity: now.mono,
@@ -674,228 +635,6 @@ impl Reactor {
         }
     }
 
-    fn process_http(&mut self, key: usize, now: Now) {
-        let mut consumed = 0;
-        let mut failure = None;
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            let Protocol::Http(http) = &mut conn.protocol else {
-                break;
-            };
-            // Parse only as far as we may answer: not past a request whose
-            // reply is still owed (replies go out in order), not past a
-            // close, and not while the client is far behind in reading.
-            if http.awaiting.is_some()
-                || http.close_after_flush
-                || conn.out.pending_bytes() > OUTPUT_PAUSE_BYTES
-            {
-                break;
-            }
-            let input = conn.inbuf.get(consumed..).unwrap_or_default();
-            if http.request_started.is_none() && !input.is_empty() {
-                http.request_started = Some(now.mono);
-            }
-            let was_in_body = http.parser.in_body();
-            match http.parser.parse(input) {
-                Ok((used, event)) => {
-                    consumed += used;
-                    match event {
-                        None => {
-                            if http.parser.in_body() && !was_in_body {
-                                // The head is complete: the body gets its own timeout.
-                                http.request_started = Some(now.mono);
-                            }
-                            if used == 0 {
-                                break;
-                            }
-                        }
-                        Some(HttpEvent::ContinueExpected) => {
-                            http.request_started = Some(now.mono);
-                            conn.out.push(CONTINUE.to_vec(), &mut self.spare_rings);
-                            self.mark_dirty(key);
-                        }
-                        Some(HttpEvent::Request(request)) => {
-                            http.request_started = None;
-                            http.received_a_request = true;
-                            self.dispatch(key, request, now);
-                        }
-                    }
-                }
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
-            }
-        }
-        if let Some(conn) = self.conns.get_mut(key) {
-            if consumed > 0 {
-                conn.inbuf.drain(..consumed.min(conn.inbuf.len()));
-            }
-            if conn.inbuf.is_empty() {
-                self.spare_inbuf.recycle(&mut conn.inbuf);
-            }
-        }
-        if let Some(error) = failure {
-            self.reject_request(key, error);
-        }
-        if self
-            .conns
-            .get(key)
-            .is_some_and(|conn| matches!(conn.protocol, Protocol::WebSocket(_)))
-        {
-            // Upgraded: whatever followed the handshake is WebSocket data.
-            self.process_ws(key, now);
-            return;
-        }
-        self.after_input(key, now);
-    }
-
-    fn reject_request(&mut self, key: usize, error: HttpError) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let Protocol::Http(http) = &mut conn.protocol else {
-            return;
-        };
-        log::debug!("rejecting request from {}: {}", conn.peer, error.reason());
-        let response = error.response();
-        self.metrics.count_request("other", response.outcome);
-        http.close_after_flush = true;
-        conn.close_reason = Some(error.reason());
-        http.request_started = None;
-        conn.inbuf = Vec::new();
-        conn.out.push(
-            response.encode(false, false, false, &self.config.cors_origin),
-            &mut self.spare_rings,
-        );
-        self.mark_dirty(key);
-    }
-
-    fn dispatch(&mut self, key: usize, request: Request, now: Now) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let client =
-            forwarded::client_of_request(conn.peer.ip(), &self.config.trusted_proxies, &request);
-        match client {
-            ClientAddress::Peer(_) => {}
-            ClientAddress::Forwarded(_) => self.metrics.forwarded_requests += 1,
-            ClientAddress::Malformed(_) => {
-                self.metrics.malformed_forwarding_headers += 1;
-                log::debug!(
-                    "unreadable X-Forwarded-For or X-Real-IP from trusted proxy {}; counting the request under the proxy's address",
-                    conn.peer
-                );
-            }
-        }
-        conn.client = Some(client.ip()).filter(|ip| *ip != conn.peer.ip());
-        let shape = ReplyShape {
-            endpoint: crate::api::endpoint_label(request.path()),
-            head_only: request.method == "HEAD",
-            keep_alive: request.keep_alive(),
-            http10: request.minor_version == 0,
-        };
-        if conn.listener == Listener::Ws || request.path() == "/ws" {
-            self.upgrade(key, &request, now);
-            return;
-        }
-        if let Some(response) = crate::web::respond(&request) {
-            self.send_reply(key, shape, response);
-            return;
-        }
-        if request.path() == "/metrics" {
-            let response = match request.method.as_str() {
-                "GET" | "HEAD" => self.metrics_response(),
-                _ => Response::res(405, "method not allowed").with_header("Allow", "GET, HEAD"),
-            };
-            self.send_reply(key, shape, response);
-            return;
-        }
-        let conn_ref = conn.conn_ref(key);
-        match self.api.handle(conn_ref, &request, client.ip(), now) {
-            Outcome::Reply(response) => self.send_reply(key, shape, response),
-            Outcome::Pending => {
-                if let Protocol::Http(http) = &mut conn.protocol {
-                    http.awaiting = Some(shape);
-                }
-            }
-        }
-    }
-
-    fn send_reply(&mut self, key: usize, shape: ReplyShape, response: Response) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let Protocol::Http(http) = &mut conn.protocol else {
-            return;
-        };
-        let keep_alive = shape.keep_alive && !conn.peer_closed && self.shutdown_deadline.is_none();
-        self.metrics.count_request(shape.endpoint, response.outcome);
-        conn.out.push(
-            response.encode(
-                shape.head_only,
-                keep_alive,
-                shape.http10,
-                &self.config.cors_origin,
-            ),
-            &mut self.spare_rings,
-        );
-        if !keep_alive {
-            http.close_after_flush = true;
-            conn.close_reason
-                .get_or_insert("response complete, not kept alive");
-        }
-        self.mark_dirty(key);
-    }
-
-    fn metrics_response(&self) -> Response {
-        let mut gauges = Gauges {
-            rooms: self.api.state().room_count(),
-            users: self.api.state().user_count(),
-            seats: self.api.state().seats_held(),
-            tokens: self.api.tokens().len(),
-            messages_retained: self.api.retained_messages(),
-            history_disk_bytes: self.message_log.as_ref().map_or(0, LogWriter::disk_bytes),
-            history: self.api.history_counters(),
-            ..Gauges::default()
-        };
-        for (_, conn) in &self.conns {
-            match conn.protocol {
-                Protocol::WebSocket(_) => gauges.ws_connections += 1,
-                Protocol::Http(_) => gauges.http_connections += 1,
-                Protocol::Closing if conn.was_websocket => gauges.ws_connections += 1,
-                Protocol::Closing => gauges.http_connections += 1,
-            }
-        }
-        let mut response = Response::json(200, &()).with_outcome("metrics");
-        response.content_type = "text/plain; version=0.0.4; charset=utf-8";
-        response.body = self.metrics.render(gauges).into_bytes();
-        response
-    }
-
-    /// Routes a reply that waited on a helper back to its connection, if
-    /// that connection is still the one that asked.
-    fn deliver(&mut self, conn_ref: ConnRef, response: Response, now: Now) {
-        let (key, generation) = split_conn_ref(conn_ref);
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.generation != generation {
-            return;
-        }
-        let Protocol::Http(http) = &mut conn.protocol else {
-            return;
-        };
-        let Some(shape) = http.awaiting.take() else {
-            return;
-        };
-        self.send_reply(key, shape, response);
-        // Pipelined requests held back behind this one can go now.
-        self.process(key, now);
-    }
-
     /// Decides what a connection is waiting for after its input was handled.
     fn after_input(&mut self, key: usize, now: Now) {
         let read_cap = self.read_cap();
@@ -936,19 +675,7 @@ impl Reactor {
             return;
         };
         let deadline = match &conn.protocol {
-            Protocol::Http(http) => {
-                if http.awaiting.is_some() {
-                    None
-                } else if let Some(started) = http.request_started {
-                    Some(started + self.config.header_timeout)
-                } else if !http.received_a_request {
-                    Some(conn.opened + self.config.header_timeout)
-                } else {
-                    // Idle between requests, or waiting for the client to
-                    // read what we sent.
-                    Some(conn.last_activity + self.config.keep_alive_timeout)
-                }
-            }
+            Protocol::Http(http) => http.deadline(conn.opened, conn.last_activity, &self.config),
             Protocol::WebSocket(ws) => {
                 Some(ws.deadline(conn.deadline, conn.last_read, &self.config, now.mono))
             }
@@ -986,26 +713,12 @@ impl Reactor {
     }
 
     fn on_deadline(&mut self, key: usize, now: Now) {
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.conns.get(key) else {
             return;
         };
-        match &mut conn.protocol {
+        match &conn.protocol {
             Protocol::WebSocket(_) => self.ws_deadline(key, now),
-            Protocol::Http(http) if http.request_started.is_some() => {
-                log::debug!("request timeout for {}", conn.peer);
-                let response = Response::res(408, "request timeout");
-                self.metrics.count_request("other", "request timeout");
-                http.close_after_flush = true;
-                conn.close_reason = Some("request timeout");
-                http.request_started = None;
-                conn.inbuf = Vec::new();
-                conn.out.push(
-                    response.encode(false, false, false, &self.config.cors_origin),
-                    &mut self.spare_rings,
-                );
-                set_deadline(&mut self.timers, key, conn, Some(now.mono + LINGER));
-                self.mark_dirty(key);
-            }
+            Protocol::Http(http) if http.receiving_request() => self.request_timeout(key, now),
             _ => {
                 log::debug!("closing idle connection {}", conn.who());
                 self.remove(key, "idle timeout");
@@ -1147,13 +860,8 @@ impl Reactor {
         };
         if close_now {
             self.begin_close(key, now);
-        } else if let Protocol::Http(http) = &conn.protocol {
-            // Output drained: held-back pipelined input may proceed.
-            if http.awaiting.is_none() && !conn.inbuf.is_empty() {
-                self.process(key, now);
-            } else {
-                self.update_deadline(key, now);
-            }
+        } else if matches!(conn.protocol, Protocol::Http(_)) {
+            self.http_flushed(key, now);
         }
     }
 

@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use super::{Listener, Now, Protocol, Reactor, ReplyShape};
+use super::http::ReplyShape;
+use super::{Listener, Now, Protocol, Reactor};
 use crate::config::{Config, WsMode};
 use crate::http::params;
 use crate::http::request::Request;
