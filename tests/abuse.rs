@@ -65,7 +65,7 @@ struct Slow {
 #[test]
 fn slowloris_heads_get_408_while_ordinary_clients_are_served() {
     let server = TestServer::start_with(|c| c.header_timeout = Duration::from_millis(500));
-    let addr = server.addr;
+    let addr = server.http_addr();
     // A head that is never finished (no blank line), well under 8 KiB.
     let head = Arc::new(
         format!(
@@ -189,31 +189,34 @@ fn slowloris_heads_get_408_while_ordinary_clients_are_served() {
 /// silent slowloris holds a connection slot for the keep-alive period.
 #[test]
 fn silent_connections_are_held_to_the_header_timeout() {
-    let server = InProcess::start_with(|c| {
+    let server = TestServer::start_with(|c| {
         c.header_timeout = Duration::from_millis(500);
         c.keep_alive_timeout = Duration::from_secs(3600);
     });
     let guard = Duration::from_secs(10);
-    let waiters: Vec<_> = [(server.http, "API port"), (server.ws, "chat port")]
-        .into_iter()
-        .map(|(port, what)| {
-            thread::spawn(move || {
-                let mut stream = TcpStream::connect(port).expect("connect");
-                stream.set_read_timeout(Some(guard)).unwrap();
-                let (bytes, ended) = read_to_end_lossy(&mut stream);
-                assert!(
-                    ended,
-                    "{what}: a connection that never sent a byte was still open after {guard:?} \
+    let waiters: Vec<_> = [
+        (server.http_addr(), "API port"),
+        (server.ws_addr(), "chat port"),
+    ]
+    .into_iter()
+    .map(|(port, what)| {
+        thread::spawn(move || {
+            let mut stream = TcpStream::connect(port).expect("connect");
+            stream.set_read_timeout(Some(guard)).unwrap();
+            let (bytes, ended) = read_to_end_lossy(&mut stream);
+            assert!(
+                ended,
+                "{what}: a connection that never sent a byte was still open after {guard:?} \
                      (header timeout 500 ms)"
-                );
-                let text = String::from_utf8_lossy(&bytes);
-                assert!(
-                    bytes.is_empty() || text.starts_with("HTTP/1.1 408 "),
-                    "{what}: {text:?}"
-                );
-            })
+            );
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                bytes.is_empty() || text.starts_with("HTTP/1.1 408 "),
+                "{what}: {text:?}"
+            );
         })
-        .collect();
+    })
+    .collect();
     let mut failures = Vec::new();
     for waiter in waiters {
         if let Err(panic) = waiter.join() {
@@ -305,19 +308,19 @@ fn read_member(mut ws: Ws, who: &str, slot: usize, progress: &Progress) -> Seen 
 
 #[test]
 fn a_member_that_never_reads_is_cut_off_and_nobody_else_loses_a_message() {
-    let server = InProcess::start_with(|c| {
+    let server = TestServer::start_with(|c| {
         c.max_outbound_bytes = 64 * 1024;
         c.chat.ws_rate = 0;
         c.chat.max_msg_chars = 8000;
     });
-    let addr = server.http;
+    let addr = server.http_addr();
     for (i, name) in ["sloth", "rita", "rolf", "sam"].iter().enumerate() {
         assert!(register(addr, &format!("80000{i}"), name, "password1")
             .is(200, "register successfully"));
     }
     assert!(create_room(addr, "busy").is(200, "chatroom create successfully"));
     let connect = |name: &str| {
-        let mut ws = ws_connect(server.ws);
+        let mut ws = ws_connect(server.ws_addr());
         join(&mut ws, name, "busy");
         ws
     };
@@ -401,8 +404,8 @@ fn a_closing_connection_cannot_hold_itself_open_by_trickling_bytes() {
     // A client that never reads is closed as a slow consumer; its close frame
     // cannot be delivered, so the server lingers. Bytes trickling in after
     // that must not keep pushing the linger back.
-    let server = InProcess::start_with(|c| c.max_outbound_bytes = 16 * 1024);
-    let mut stream = raw_ws(server.ws);
+    let server = TestServer::start_with(|c| c.max_outbound_bytes = 16 * 1024);
+    let mut stream = raw_ws(server.ws_addr());
     let mask = [1u8, 2, 3, 4];
     let mut ping = vec![0x89, 0x80 | 125];
     ping.extend_from_slice(&mask);
@@ -425,14 +428,14 @@ fn a_closing_connection_cannot_hold_itself_open_by_trickling_bytes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(closed, "a trickle of bytes kept a closing connection open");
-    assert!(healthz_ok(server.http));
+    assert!(healthz_ok(server.http_addr()));
 }
 
 #[test]
 fn a_ping_flood_from_a_client_that_never_reads_is_cut_off() {
     let limit = 64 * 1024;
-    let server = InProcess::start_with(|c| c.max_outbound_bytes = limit);
-    let mut stream = raw_ws(server.http);
+    let server = TestServer::start_with(|c| c.max_outbound_bytes = limit);
+    let mut stream = raw_ws(server.http_addr());
     let mask = [1u8, 2, 3, 4];
     let mut ping = vec![0x89, 0x80 | 125];
     ping.extend_from_slice(&mask);
@@ -514,8 +517,8 @@ fn keepalive_get(conn: &mut RawConn, path: &str) -> (u16, String) {
 
 #[test]
 fn the_connection_cap_refuses_newcomers_and_keeps_serving_members() {
-    let server = InProcess::start_with(|c| c.max_connections = 20);
-    let addr = server.http;
+    let server = TestServer::start_with(|c| c.max_connections = 20);
+    let addr = server.http_addr();
     assert!(register(addr, "9000001", "capper", "password1").is(200, "register successfully"));
     assert!(create_room(addr, "capped").is(200, "chatroom create successfully"));
 
@@ -539,7 +542,7 @@ fn the_connection_cap_refuses_newcomers_and_keeps_serving_members() {
     let mut sockets: Vec<Ws> = (0..10)
         .map(|i| {
             let socket = if i % 2 == 0 {
-                try_ws_connect(server.ws)
+                try_ws_connect(server.ws_addr())
             } else {
                 try_ws_connect_path(addr, "/ws")
             };
@@ -560,7 +563,7 @@ fn the_connection_cap_refuses_newcomers_and_keeps_serving_members() {
     );
     // The 21st WebSocket: refused before the handshake completes, on
     // either port.
-    for (port, path) in [(server.ws, "/"), (addr, "/ws")] {
+    for (port, path) in [(server.ws_addr(), "/"), (addr, "/ws")] {
         if let Ok(_socket) = try_ws_connect_path(port, path) {
             panic!("a WebSocket handshake on {port}{path} completed past the cap");
         }
@@ -585,7 +588,7 @@ fn the_connection_cap_refuses_newcomers_and_keeps_serving_members() {
     });
     let mut newcomer = None;
     wait_until("a new WebSocket is accepted", || {
-        newcomer = try_ws_connect(server.ws).ok();
+        newcomer = try_ws_connect(server.ws_addr()).ok();
         newcomer.is_some()
     });
     let mut newcomer = newcomer.unwrap();
@@ -604,7 +607,7 @@ fn a_websocket_flood_is_rate_limited_per_connection_and_others_are_served() {
     const RATE: f64 = 20.0;
     const BURST: f64 = 40.0;
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     assert!(register(addr, "6000001", "flood", "password1").is(200, "register successfully"));
     assert!(register(addr, "6000002", "calm", "password1").is(200, "register successfully"));
     for i in 0..FLOODERS {
@@ -697,19 +700,21 @@ fn failed_login_limits_answer_without_hashing() {
     // The victim is registered with a cheap hash; verifying its password
     // stays cheap afterwards (the cost is read from the stored hash).
     let setup = TestServer::start();
-    assert!(register(setup.addr, "4000001", "victim", "rightpass").is(200, "register successfully"));
     assert!(
-        register(setup.addr, "4000002", "bystander", "rightpass").is(200, "register successfully")
+        register(setup.http_addr(), "4000001", "victim", "rightpass")
+            .is(200, "register successfully")
     );
-    let dir = setup.stop();
+    assert!(
+        register(setup.http_addr(), "4000002", "bystander", "rightpass")
+            .is(200, "register successfully")
+    );
 
     // Now new hashes are expensive, and there is one hash thread.
-    let server = common::try_start_in(dir.path(), |c| {
+    let server = setup.restart_with(|c| {
         c.argon2_memory_kib = 65_536;
         c.argon2_iterations = 2;
         c.hash_threads = 1;
-    })
-    .expect("restart with an expensive hash");
+    });
     let addr = server.http_addr();
 
     for _ in 0..5 {
@@ -759,7 +764,7 @@ fn failed_login_limits_answer_without_hashing() {
     assert!(bystander.is(200, "too many attempts"), "{bystander:?}");
     let unknown = login(addr, "4199999", "whatever1");
     assert!(unknown.is(200, "too many attempts"), "{unknown:?}");
-    server.stop().expect("clean stop");
+    server.stop();
 }
 
 // ---------------------------------------------------------------------------
@@ -900,7 +905,7 @@ fn garbage_attack(addr: SocketAddr, kind: usize, seed: u64) {
 #[test]
 fn garbage_from_many_connections_does_not_disturb_the_server() {
     let server = TestServer::start_with(|c| c.header_timeout = Duration::from_secs(2));
-    let addr = server.addr;
+    let addr = server.http_addr();
     assert!(register(addr, "3000001", "steady", "password1").is(200, "register successfully"));
     assert!(create_room(addr, "steady room").is(200, "chatroom create successfully"));
 
@@ -949,7 +954,7 @@ fn garbage_from_many_connections_does_not_disturb_the_server() {
 #[test]
 fn simultaneous_guesses_get_exactly_five_checks() {
     let server = TestServer::start_with(|c| c.hash_threads = 1);
-    let addr = server.addr;
+    let addr = server.http_addr();
     assert!(register(addr, "4100001", "target", "rightpass").is(200, "register successfully"));
     let start = Arc::new(Barrier::new(20));
     let guesses: Vec<_> = (0..20)
@@ -987,7 +992,7 @@ fn simultaneous_guesses_get_exactly_five_checks() {
 #[test]
 fn racing_duplicates_store_exactly_one_record() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let start = Arc::new(Barrier::new(24));
     let racers: Vec<_> = (0..24)
         .map(|n| {
@@ -1030,7 +1035,7 @@ fn racing_duplicates_store_exactly_one_record() {
     assert_eq!(rooms.len(), 1, "{rooms:?}");
 
     // And a restart agrees.
-    let again = common::try_start_in(dir.path(), |_| {}).expect("restart");
+    let again = TestServer::start_in(dir, |_| {});
     assert_eq!(room_names(again.http_addr()), vec!["contested".to_string()]);
-    again.stop().expect("clean stop");
+    again.stop();
 }

@@ -25,11 +25,13 @@
 //!   does not decode fails the socket (`logic/network/RoomWebSocketListener.kt`,
 //!   `ui/chatroom/ChatroomActivity.kt`).
 
+mod common;
 mod ws_common;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpStream};
 
+use common::TestServer;
 use serde::de::{DeserializeOwned, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -38,7 +40,7 @@ use tungstenite::http::HeaderValue;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
-use ws_common::{TestServer, READ_TIMEOUT};
+use ws_common::READ_TIMEOUT;
 
 // ---------------------------------------------------------------------------
 // The app's Gson models

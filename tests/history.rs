@@ -20,11 +20,12 @@ mod ws_common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use common::TestServer;
 use fault_support::{ChildServer, Incoming};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tungstenite::Message;
-use ws_common::{packet, Client, TestServer};
+use ws_common::{packet, Client};
 
 // ---------------------------------------------------------------------------
 // Helpers

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 #[test]
 fn register_then_duplicate_phone_or_name_is_user_exist() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     register_ok(addr, "13800000001", "alice", "secret-1");
 
     // Same phone, different name.
@@ -34,7 +34,7 @@ fn register_then_duplicate_phone_or_name_is_user_exist() {
 #[test]
 fn login_outcomes() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
 
     let reply = login(addr, "13800000009", "whatever1");
     assert_eq!(reply.status, 200);
@@ -82,7 +82,7 @@ fn login_outcomes() {
 #[test]
 fn register_keeps_the_avatar_url() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let reply = post_form(
         addr,
         "/auth/register",
@@ -102,7 +102,7 @@ fn register_keeps_the_avatar_url() {
 #[test]
 fn failed_logins_for_one_phone_are_limited() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     register_ok(addr, "5550001", "dora", "right-password");
     for attempt in 1..=5 {
         let reply = login(addr, "5550001", "wrong-password");
@@ -128,7 +128,7 @@ fn failed_logins_for_one_phone_are_limited() {
 #[test]
 fn failed_logins_from_one_ip_are_limited() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let users: Vec<String> = (0..8).map(|i| format!("55510{i:02}")).collect();
     for (i, tel) in users.iter().enumerate() {
         register_ok(addr, tel, &format!("ip-user-{i}"), "right-password");
@@ -154,7 +154,7 @@ fn failed_logins_from_one_ip_are_limited() {
 #[test]
 fn list_is_empty_then_shows_rooms_in_creation_order_in_both_shapes() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let empty = list(addr);
     assert_eq!(empty, json!({"rooms": [], "room_list": []}));
 
@@ -191,7 +191,7 @@ fn list_is_empty_then_shows_rooms_in_creation_order_in_both_shapes() {
 #[test]
 fn create_twice_is_already_exist() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     create_room_ok(addr, "lobby");
     let reply = create_room(addr, "lobby");
     assert_eq!(reply.status, 200);
@@ -202,7 +202,7 @@ fn create_twice_is_already_exist() {
 #[test]
 fn create_past_max_rooms_is_too_many_rooms() {
     let server = TestServer::start_with(|c| c.max_rooms = 2);
-    let addr = server.addr;
+    let addr = server.http_addr();
     create_room_ok(addr, "one");
     create_room_ok(addr, "two");
     let reply = create_room(addr, "three");
@@ -222,7 +222,7 @@ fn create_past_max_rooms_is_too_many_rooms() {
 #[test]
 fn create_capacity_is_respected_and_checked() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     for user in ["u1", "u2", "u3"] {
         register_ok(
             addr,
@@ -260,7 +260,7 @@ fn create_capacity_is_respected_and_checked() {
 #[test]
 fn default_capacity_comes_from_config() {
     let server = TestServer::start_with(|c| c.room_capacity = 1);
-    let addr = server.addr;
+    let addr = server.http_addr();
     register_ok(addr, "1001", "first", "password");
     register_ok(addr, "1002", "second", "password");
     create_room_ok(addr, "tiny");
@@ -275,7 +275,7 @@ fn default_capacity_comes_from_config() {
 #[test]
 fn room_outcomes_and_population() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     register_ok(addr, "2001", "ann", "password");
     register_ok(addr, "2002", "ben", "password");
     register_ok(addr, "2003", "cat", "password");
@@ -329,7 +329,7 @@ fn room_outcomes_and_population() {
 #[test]
 fn seats_are_per_room() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     register_ok(addr, "3001", "eve", "password");
     create_room_ok(addr, "r1");
     create_room_ok(addr, "r2");
@@ -349,7 +349,7 @@ fn seats_are_per_room() {
 #[test]
 fn an_unused_seat_expires_after_the_ttl() {
     let server = TestServer::start_with(|c| c.seat_ttl = std::time::Duration::from_millis(300));
-    let addr = server.addr;
+    let addr = server.http_addr();
     register_ok(addr, "4001", "fay", "password");
     create_room_ok(addr, "ttl");
     assert_eq!(room_res(addr, "ttl", "fay", "1"), "join chatroom");
@@ -372,7 +372,7 @@ fn an_unused_seat_expires_after_the_ttl() {
 #[test]
 fn healthz_is_ok() {
     let server = TestServer::start();
-    let reply = get(server.addr, "/healthz");
+    let reply = get(server.http_addr(), "/healthz");
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json(), json!({"status": "ok"}));
     assert_eq!(reply.header("content-type"), Some(JSON_TYPE));
@@ -382,18 +382,23 @@ fn healthz_is_ok() {
 fn metrics_are_prometheus_text() {
     let server = TestServer::start();
     assert_eq!(
-        register(server.addr, "5551234", "meg", "secret1").res(),
+        register(server.http_addr(), "5551234", "meg", "secret1").res(),
         "register successfully"
     );
     assert_eq!(
-        register(server.addr, "5551234", "meg", "secret1").res(),
+        register(server.http_addr(), "5551234", "meg", "secret1").res(),
         "user exist"
     );
     assert_eq!(
-        get_query(server.addr, "/chatroom/create", &[("room_name", "hall")]).res(),
+        get_query(
+            server.http_addr(),
+            "/chatroom/create",
+            &[("room_name", "hall")]
+        )
+        .res(),
         "chatroom create successfully"
     );
-    let reply = get(server.addr, "/metrics");
+    let reply = get(server.http_addr(), "/metrics");
     assert_eq!(reply.status, 200, "{reply:?}");
     let content_type = reply.header("content-type").unwrap_or_default();
     assert!(content_type.starts_with("text/plain"), "{content_type:?}");
@@ -418,7 +423,7 @@ fn metrics_are_prometheus_text() {
     assert!(open_http >= 1, "the scrape's own connection is open");
     assert!(body.contains("# TYPE chatroom_bytes_in_total counter"));
     assert!(body.contains("# TYPE chatroom_ws_messages_out_total counter"));
-    let post = post_form(server.addr, "/metrics", &[]);
+    let post = post_form(server.http_addr(), "/metrics", &[]);
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
 }
@@ -428,11 +433,11 @@ fn unknown_path_is_404() {
     let server = TestServer::start();
     // `/` is the web client (tests/web.rs).
     for path in ["/nope", "/auth", "/auth/register/", "/chatroom/list/x"] {
-        let reply = get(server.addr, path);
+        let reply = get(server.http_addr(), path);
         assert_eq!(reply.status, 404, "{path}");
         assert_eq!(reply.json(), json!({"res": "not found"}), "{path}");
         assert_eq!(reply.header("content-type"), Some(JSON_TYPE));
-        let reply = post_form(server.addr, path, &[("a", "b")]);
+        let reply = post_form(server.http_addr(), path, &[("a", "b")]);
         assert_eq!(reply.status, 404, "POST {path}");
     }
 }
@@ -474,7 +479,7 @@ fn other_methods_are_405_with_allow() {
         assert!(response.headers().get("allow").is_some());
     }
     // Nothing was registered by the PUT.
-    assert_eq!(rooms_of(&list(server.addr)).len(), 0);
+    assert_eq!(rooms_of(&list(server.http_addr())).len(), 0);
 }
 
 #[test]
@@ -522,9 +527,9 @@ fn options_preflight_is_204_with_allowed_methods() {
 fn configured_cors_origin_is_sent() {
     let server = TestServer::start_with(|c| c.cors_origin = "https://chat.example".to_string());
     for reply in [
-        get(server.addr, "/healthz"),
-        get(server.addr, "/missing"),
-        post_form(server.addr, "/auth/login", &[("user_tel", "1")]),
+        get(server.http_addr(), "/healthz"),
+        get(server.http_addr(), "/missing"),
+        post_form(server.http_addr(), "/auth/login", &[("user_tel", "1")]),
     ] {
         assert_eq!(
             reply.header("access-control-allow-origin"),
@@ -537,8 +542,8 @@ fn configured_cors_origin_is_sent() {
 #[test]
 fn head_has_the_get_length_and_no_body() {
     let server = TestServer::start();
-    create_room_ok(server.addr, "heady");
-    let get_reply = get(server.addr, "/chatroom/list");
+    create_room_ok(server.http_addr(), "heady");
+    let get_reply = get(server.http_addr(), "/chatroom/list");
     let response = agent().head(server.url("/chatroom/list")).call().unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let length = response
@@ -566,7 +571,7 @@ fn head_has_the_get_length_and_no_body() {
 #[test]
 fn get_with_query_string_works_for_every_endpoint() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let reply = get_query(
         addr,
         "/auth/register",
@@ -605,7 +610,7 @@ fn post_with_query_string_only_works() {
     let reply = into_post_empty(server.url("/chatroom/create?room_name=from%20query"));
     assert_eq!(reply.0, 200);
     assert_eq!(
-        rooms_of(&list(server.addr)),
+        rooms_of(&list(server.http_addr())),
         vec![("from query".to_string(), 0)]
     );
 }
@@ -621,7 +626,7 @@ fn into_post_empty(url: String) -> (u16, String) {
 #[test]
 fn urlencoded_body_with_percent_and_plus_decoding() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let reply = post_body(
         addr,
         "/auth/register",
@@ -637,7 +642,7 @@ fn urlencoded_body_with_percent_and_plus_decoding() {
 #[test]
 fn json_body_with_number_phone() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let reply = post_json(
         addr,
         "/auth/register",
@@ -674,7 +679,7 @@ fn json_body_with_number_phone() {
 #[test]
 fn json_values_of_other_types_are_400_naming_the_field() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     for (field, value) in [
         ("user_tel", json!(true)),
         ("user_tel", json!(null)),
@@ -700,7 +705,7 @@ fn json_values_of_other_types_are_400_naming_the_field() {
 #[test]
 fn multipart_text_fields() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let (content_type, body) = multipart(&[
         ("user_tel", "8001"),
         ("user_name", "multi part"),
@@ -717,7 +722,7 @@ fn multipart_text_fields() {
 #[test]
 fn body_overrides_query() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let reply = post_form(
         addr,
         "/auth/register?user_name=from-query&user_tel=1111",
@@ -739,7 +744,7 @@ fn body_overrides_query() {
 #[test]
 fn other_content_type_is_415() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     for content_type in ["text/plain", "application/xml", "application/octet-stream"] {
         let reply = post_body(
             addr,
@@ -760,7 +765,7 @@ fn other_content_type_is_415() {
 #[test]
 fn invalid_utf8_is_400() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let reply = get(addr, "/chatroom/create?room_name=%FF%FE");
     assert_eq!(reply.status, 400, "{reply:?}");
     let reply = post_body(
@@ -802,7 +807,7 @@ fn register_params<'a>(overrides: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a st
 #[test]
 fn register_validation_names_the_field() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let long_name = "n".repeat(33);
     let long_password = "p".repeat(129);
     let long_tel = "1".repeat(21);
@@ -844,7 +849,7 @@ fn register_validation_names_the_field() {
 #[test]
 fn register_validation_boundaries_are_accepted() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let tel20 = "9".repeat(20);
     let tel20_plus = format!("+{}", "8".repeat(20));
     let name32 = "é".repeat(32); // 32 characters, 64 bytes
@@ -887,7 +892,7 @@ fn register_validation_boundaries_are_accepted() {
 #[test]
 fn login_validation_and_missing_parameters() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     post_form(addr, "/auth/login", &[("user_password", "password")]).assert_invalid("user_tel");
     post_form(addr, "/auth/login", &[("user_tel", "1234")]).assert_invalid("user_password");
     post_form(
@@ -910,7 +915,7 @@ fn login_validation_and_missing_parameters() {
 #[test]
 fn missing_parameters_are_400_naming_the_field() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     post_form(
         addr,
         "/auth/register",
@@ -960,7 +965,7 @@ fn missing_parameters_are_400_naming_the_field() {
 #[test]
 fn room_name_validation() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let long = "r".repeat(65);
     for bad in [long.as_str(), "  ", "tab\there", "nul\u{0}x", "del\u{7f}"] {
         create_room(addr, bad).assert_invalid("room_name");
@@ -995,7 +1000,7 @@ fn get_with_body(
 #[test]
 fn get_with_a_body_reads_every_body_kind() {
     let server = TestServer::start();
-    let addr = server.addr;
+    let addr = server.http_addr();
     let reply = get_with_body(
         addr,
         "/auth/register",

@@ -129,7 +129,7 @@ fn pipelined_requests_after_connection_close_are_not_answered() {
     conn.send(&batch);
     assert_health(&conn.read_response());
     conn.assert_closed();
-    assert_eq!(rooms_of(&list(server.addr)).len(), 0);
+    assert_eq!(rooms_of(&list(server.http_addr())).len(), 0);
 }
 
 #[test]
@@ -175,7 +175,7 @@ fn a_request_split_byte_by_byte() {
     conn.send_bytewise(HEALTH);
     assert_health(&conn.read_response());
     assert_eq!(
-        login(server.addr, "7171", "password1").res(),
+        login(server.http_addr(), "7171", "password1").res(),
         "login successfully"
     );
 }
@@ -202,7 +202,7 @@ fn chunked_body_with_extension() {
     // The connection stays in sync after the chunked body.
     assert_health(&conn.roundtrip(HEALTH));
     assert_eq!(
-        login(server.addr, "8181", "password1").res(),
+        login(server.http_addr(), "8181", "password1").res(),
         "login successfully"
     );
 }
@@ -231,7 +231,10 @@ fn chunked_body_sent_in_pieces() {
     conn.send(b"ow\r\n0\r");
     conn.send(b"\n\r\n");
     assert_eq!(conn.read_response().res(), "chatroom create successfully");
-    assert_eq!(rooms_of(&list(server.addr)), vec![("slow".to_string(), 0)]);
+    assert_eq!(
+        rooms_of(&list(server.http_addr())),
+        vec![("slow".to_string(), 0)]
+    );
 }
 
 #[test]
@@ -274,7 +277,7 @@ fn assert_rejected_and_closed(request: &[u8], status: u16) {
     assert!(response.json().is_object());
     conn.assert_closed();
     // Nothing in the request had any effect, and the server still serves.
-    assert_eq!(rooms_of(&list(server.addr)).len(), 0);
+    assert_eq!(rooms_of(&list(server.http_addr())).len(), 0);
 }
 
 #[test]
@@ -472,7 +475,7 @@ fn slow_body_gets_408_and_close() {
     let response = conn.read_response();
     assert_eq!(response.status, 408, "{response:?}");
     conn.assert_closed();
-    assert_eq!(rooms_of(&list(server.addr)).len(), 0);
+    assert_eq!(rooms_of(&list(server.http_addr())).len(), 0);
 }
 
 #[test]
@@ -525,7 +528,7 @@ fn exact_response(server: &TestServer, request: &[u8]) -> RawResponse {
 #[test]
 fn every_response_has_type_length_and_cors() {
     let server = TestServer::start();
-    register_ok(server.addr, "1212", "header user", "password1");
+    register_ok(server.http_addr(), "1212", "header user", "password1");
     let close = ["Connection: close"];
     let form = [
         "Connection: close",
@@ -599,7 +602,7 @@ fn options_preflight_on_raw_socket() {
 #[test]
 fn head_gives_get_headers_without_a_body() {
     let server = TestServer::start();
-    create_room_ok(server.addr, "head room");
+    create_room_ok(server.http_addr(), "head room");
     let mut conn = server.raw();
     let got = conn.roundtrip(b"GET /chatroom/list HTTP/1.1\r\nHost: t\r\n\r\n");
     conn.send(b"HEAD /chatroom/list HTTP/1.1\r\nHost: t\r\n\r\n");

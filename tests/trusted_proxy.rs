@@ -53,7 +53,7 @@ const BOB: &[(&str, &str)] = &[("X-Forwarded-For", "198.51.100.7")];
 fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_login_limit() {
     let server =
         TestServer::start_with(|config| config.trusted_proxies = trusting(&["127.0.0.1/32"]));
-    let addr = server.addr;
+    let addr = server.http_addr();
     register_ok(addr, "4400001", "bob", "bobs-password");
 
     fail_logins_until_the_limit(addr, ALICE);
@@ -123,7 +123,7 @@ fn without_a_trusted_proxy_a_forged_x_forwarded_for_changes_nothing() {
     // Nothing trusted (the default), and a trusted range the peer is not in.
     for ranges in [&[][..], &["127.0.0.2/32", "10.0.0.0/8", "::1"]] {
         let server = TestServer::start_with(|config| config.trusted_proxies = trusting(ranges));
-        let addr = server.addr;
+        let addr = server.http_addr();
 
         fail_logins_until_the_limit(addr, ALICE);
         for headers in [ALICE, BOB, &[("X-Real-IP", "198.51.100.7")], &[]] {
@@ -141,7 +141,7 @@ fn without_a_trusted_proxy_a_forged_x_forwarded_for_changes_nothing() {
 fn a_malformed_header_from_the_proxy_counts_against_the_proxy() {
     let server =
         TestServer::start_with(|config| config.trusted_proxies = trusting(&["127.0.0.1/32"]));
-    let addr = server.addr;
+    let addr = server.http_addr();
     let with_port = &[("X-Forwarded-For", "203.0.113.5:4711")];
 
     fail_logins_until_the_limit(addr, with_port);
@@ -172,7 +172,7 @@ fn a_dual_stack_listener_matches_an_ipv4_proxy() {
         config.http_addr = "[::]:0".parse().expect("address");
         config.trusted_proxies = trusting(&["127.0.0.1/32"]);
     });
-    let addr = SocketAddr::from(([127, 0, 0, 1], server.addr.port()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], server.http_addr().port()));
     fail_logins_until_the_limit(addr, ALICE);
     assert_eq!(
         login_res(addr, "4300999", "guess1234", BOB),

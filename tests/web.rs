@@ -9,7 +9,7 @@ use common::*;
 #[test]
 fn the_page_and_its_assets_are_served_with_their_types() {
     let server = TestServer::start();
-    let page = get(server.addr, "/");
+    let page = get(server.http_addr(), "/");
     assert_eq!(page.status, 200);
     assert_eq!(
         page.header("content-type"),
@@ -24,7 +24,7 @@ fn the_page_and_its_assets_are_served_with_their_types() {
         Some(page.body.len().to_string().as_str())
     );
 
-    let js = get(server.addr, "/app.js");
+    let js = get(server.http_addr(), "/app.js");
     assert_eq!(js.status, 200);
     assert_eq!(
         js.header("content-type"),
@@ -32,7 +32,7 @@ fn the_page_and_its_assets_are_served_with_their_types() {
     );
     assert!(js.body.contains("new WebSocket("));
 
-    let css = get(server.addr, "/app.css");
+    let css = get(server.http_addr(), "/app.css");
     assert_eq!(css.status, 200);
     assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
     assert!(css.body.contains("@media"));
@@ -46,14 +46,14 @@ fn the_page_and_its_assets_are_served_with_their_types() {
 #[test]
 fn the_page_carries_its_security_headers() {
     let server = TestServer::start();
-    let page = get(server.addr, "/");
+    let page = get(server.http_addr(), "/");
     let csp = page
         .header("content-security-policy")
         .expect("a Content-Security-Policy on the page");
     assert!(csp.contains("default-src 'none'"), "{csp}");
     assert!(csp.contains("script-src 'self'"), "{csp}");
     assert!(csp.contains("style-src 'self'"), "{csp}");
-    let host = server.addr.to_string();
+    let host = server.http_addr().to_string();
     assert!(
         csp.contains(&format!("connect-src 'self' ws://{host} wss://{host}")),
         "{csp}"
@@ -65,7 +65,7 @@ fn the_page_carries_its_security_headers() {
     // CORS stays as on every other response.
     assert_eq!(page.header("access-control-allow-origin"), Some("*"));
     for path in ["/app.js", "/app.css"] {
-        let asset = get(server.addr, path);
+        let asset = get(server.http_addr(), path);
         assert_eq!(asset.header("x-content-type-options"), Some("nosniff"));
         assert_eq!(asset.header("cache-control"), Some("no-cache"));
     }
@@ -76,7 +76,7 @@ fn cors_origin_flag_applies_to_the_page_too() {
     let server = TestServer::start_with(|config| {
         config.cors_origin = "https://chat.example".to_string();
     });
-    let page = get(server.addr, "/");
+    let page = get(server.http_addr(), "/");
     assert_eq!(
         page.header("access-control-allow-origin"),
         Some("https://chat.example")
@@ -87,24 +87,24 @@ fn cors_origin_flag_applies_to_the_page_too() {
 fn a_matching_etag_gets_304_without_a_body() {
     let server = TestServer::start();
     for path in ["/", "/app.js", "/app.css"] {
-        let first = get(server.addr, path);
+        let first = get(server.http_addr(), path);
         let etag = first.header("etag").expect("an ETag").to_string();
         assert!(
             etag.starts_with('"') && etag.ends_with('"'),
             "strong: {etag}"
         );
 
-        let again = get_with(server.addr, path, &[("If-None-Match", &etag)]);
+        let again = get_with(server.http_addr(), path, &[("If-None-Match", &etag)]);
         assert_eq!(again.status, 304, "{path}");
         assert_eq!(again.body, "");
         assert_eq!(again.header("etag"), Some(etag.as_str()));
         assert_eq!(again.header("cache-control"), Some("no-cache"));
 
         let listed = format!("\"nope\", W/{etag}");
-        let weak_in_list = get_with(server.addr, path, &[("If-None-Match", &listed)]);
+        let weak_in_list = get_with(server.http_addr(), path, &[("If-None-Match", &listed)]);
         assert_eq!(weak_in_list.status, 304, "{path}");
 
-        let stale = get_with(server.addr, path, &[("If-None-Match", "\"0000\"")]);
+        let stale = get_with(server.http_addr(), path, &[("If-None-Match", "\"0000\"")]);
         assert_eq!(stale.status, 200, "{path}");
         assert_eq!(stale.body, first.body);
     }
@@ -150,7 +150,7 @@ fn head_answers_the_headers_of_get() {
 fn other_methods_on_the_web_paths_are_405() {
     let server = TestServer::start();
     for path in ["/", "/app.js", "/app.css"] {
-        let posted = post_form(server.addr, path, &[("a", "b")]);
+        let posted = post_form(server.http_addr(), path, &[("a", "b")]);
         assert_eq!(posted.status, 405, "{path}");
         assert_eq!(posted.header("allow"), Some("GET, HEAD"));
         assert_eq!(posted.res(), "method not allowed");
@@ -168,13 +168,13 @@ fn other_methods_on_the_web_paths_are_405() {
 fn neighbouring_paths_stay_404_and_the_api_is_unchanged() {
     let server = TestServer::start();
     for path in ["/index.html", "/app.jsx", "/web/app.js", "/app.js/"] {
-        let reply = get(server.addr, path);
+        let reply = get(server.http_addr(), path);
         assert_eq!(reply.status, 404, "{path}");
         assert_eq!(reply.res(), "not found");
     }
-    let health = get(server.addr, "/healthz");
+    let health = get(server.http_addr(), "/healthz");
     assert_eq!(health.header("content-type"), Some(JSON_TYPE));
-    let list = get(server.addr, "/chatroom/list");
+    let list = get(server.http_addr(), "/chatroom/list");
     assert_eq!(list.status, 200);
     assert_eq!(list.header("content-security-policy"), None);
 }
@@ -182,9 +182,9 @@ fn neighbouring_paths_stay_404_and_the_api_is_unchanged() {
 #[test]
 fn page_requests_are_counted_under_their_own_label() {
     let server = TestServer::start();
-    get(server.addr, "/");
-    get(server.addr, "/app.js");
-    let metrics = get(server.addr, "/metrics").body;
+    get(server.http_addr(), "/");
+    get(server.http_addr(), "/app.js");
+    let metrics = get(server.http_addr(), "/metrics").body;
     assert!(
         metrics.contains(r#"chatroom_http_requests_total{endpoint="web",outcome="ok"} 2"#),
         "{metrics}"

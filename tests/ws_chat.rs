@@ -1,10 +1,12 @@
 //! The chat protocol over WebSocket (SPEC §3, §4, and the flows of the
 //! original API document): joins, leaves, messages, identity and seats.
 
+mod common;
 mod ws_common;
 
+use common::TestServer;
 use serde_json::json;
-use ws_common::{packet, packet_with_token, Client, TestServer};
+use ws_common::{packet, packet_with_token, Client};
 
 /// "创建聊天室": create over HTTP, then a WebSocket join answers `create`.
 #[test]

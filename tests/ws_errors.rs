@@ -1,13 +1,15 @@
 //! Every error of the SPEC §4 table: an `error` packet to the sender only,
 //! echoing what it sent, and the connection stays usable.
 
+mod common;
 mod ws_common;
 
 use std::time::{Duration, Instant};
 
+use common::TestServer;
 use serde_json::{json, Value};
 use tungstenite::Message;
-use ws_common::{packet, packet_with_token, Client, TestServer, POLL_DEADLINE};
+use ws_common::{packet, packet_with_token, Client, POLL_DEADLINE};
 
 /// A server with users "alice" and "bob" and a room "r".
 fn setup() -> TestServer {

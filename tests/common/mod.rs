@@ -1,12 +1,15 @@
-//! Shared helpers for the integration tests: an in-process server on a
-//! temporary data directory, an independent HTTP client (ureq) for ordinary
-//! endpoint calls, and a small raw-socket client for framing edge cases.
+//! Shared helpers for the integration tests: the one in-process server
+//! (`TestServer`, on free ports and a temporary data directory) with calls
+//! on its HTTP API, an independent HTTP client (ureq) for ordinary endpoint
+//! calls, and a small raw-socket client for framing edge cases. WebSocket
+//! clients are in `ws_common`, which adds them to `TestServer`.
 
 #![allow(dead_code)]
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chatroom::{Config, RunningServer, Server, StartError};
@@ -23,7 +26,7 @@ pub const POLL_DEADLINE: Duration = Duration::from_secs(20);
 pub const JSON_TYPE: &str = "application/json; charset=utf-8";
 
 // ---------------------------------------------------------------------------
-// Servers
+// The server
 // ---------------------------------------------------------------------------
 
 /// A configuration for tests: ephemeral ports, cheap argon2, the given dir.
@@ -39,22 +42,21 @@ pub fn test_config(dir: &Path) -> Config {
     }
 }
 
-/// Binds and spawns a server on `dir` with `tweak` applied to the config.
-pub fn try_start_in(
-    dir: &Path,
-    tweak: impl FnOnce(&mut Config),
-) -> Result<RunningServer, StartError> {
-    let mut config = test_config(dir);
-    tweak(&mut config);
-    let server = Server::bind(config)?;
-    Ok(server.spawn().expect("spawn the reactor thread"))
-}
+/// The first phone number `TestServer::register` hands out.
+const FIRST_TEL: u64 = 13_800_000_000;
 
-/// A running server and the temporary directory it owns.
+/// A server running in-process on free ports, with its own data directory.
+/// Dropping it stops the server (errors ignored); `stop` insists on a clean
+/// stop.
 pub struct TestServer {
-    server: Option<RunningServer>,
+    // Field order matters: the server stops before its directory goes.
+    server: RunningServer,
+    /// The data directory, unless the configuration was pointed elsewhere.
     pub dir: TempDir,
-    pub addr: SocketAddr,
+    /// One client for the helper calls below, so they reuse a connection
+    /// the way a real client would instead of opening one per call.
+    agent: ureq::Agent,
+    next_tel: AtomicU64,
 }
 
 impl TestServer {
@@ -63,30 +65,219 @@ impl TestServer {
     }
 
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::try_start_with(tweak).expect("server starts")
+    }
+
+    /// For tests of start-up itself. A `tweak` that points `data_dir` at a
+    /// directory the test holds (one with bad files, or in use) leaves the
+    /// server's own `dir` unused.
+    pub fn try_start_with(tweak: impl FnOnce(&mut Config)) -> Result<TestServer, StartError> {
         let dir = TempDir::new().expect("temp dir");
-        let server = try_start_in(dir.path(), tweak).expect("server starts");
-        let addr = server.http_addr();
-        TestServer {
-            server: Some(server),
+        TestServer::launch(dir, tweak, FIRST_TEL)
+    }
+
+    /// Starts on a directory an earlier server left (see `stop`), which
+    /// the new server then owns.
+    pub fn start_in(dir: TempDir, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::launch(dir, tweak, FIRST_TEL).expect("server starts on the given dir")
+    }
+
+    fn launch(
+        dir: TempDir,
+        tweak: impl FnOnce(&mut Config),
+        next_tel: u64,
+    ) -> Result<TestServer, StartError> {
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let server = Server::bind(config)?
+            .spawn()
+            .expect("spawn the reactor thread");
+        Ok(TestServer {
+            server,
             dir,
-            addr,
-        }
+            agent: agent(),
+            next_tel: AtomicU64::new(next_tel),
+        })
     }
 
     /// Stops the server and hands back its data directory.
-    pub fn stop(mut self) -> TempDir {
-        if let Some(server) = self.server.take() {
-            server.stop().expect("server stops cleanly");
-        }
-        self.dir
+    pub fn stop(self) -> TempDir {
+        let TestServer { server, dir, .. } = self;
+        server.stop().expect("server stops cleanly");
+        dir
+    }
+
+    /// Stops the server (a clean shutdown: pending writes finish) and
+    /// starts a new one on the same data directory, the test configuration
+    /// with `tweak` applied. Phone numbers keep counting, so users
+    /// registered after the restart do not collide with earlier ones.
+    pub fn restart_with(self, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let next_tel = self.next_tel.load(Ordering::Relaxed);
+        let dir = self.stop();
+        TestServer::launch(dir, tweak, next_tel).expect("the restarted server starts")
+    }
+
+    /// The HTTP API (which also upgrades to WebSocket at `/ws`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.server.http_addr()
+    }
+
+    /// The WebSocket chat listener.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.server.ws_addr()
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("http://{}{}", self.http_addr(), path)
     }
 
     pub fn raw(&self) -> RawConn {
-        RawConn::connect(self.addr)
+        RawConn::connect(self.http_addr())
+    }
+
+    /// POSTs a form to the API; returns the status and the JSON body.
+    pub fn post(&self, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
+        let mut response = self
+            .agent
+            .post(self.url(path))
+            .send_form(params.iter().copied())
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("POST {path} body: {e}"));
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("POST {path}: body is not JSON ({e}): {body}"));
+        (status, json)
+    }
+
+    /// POSTs and returns the `res` string, insisting on status 200.
+    pub fn res(&self, path: &str, params: &[(&str, &str)]) -> String {
+        let (status, body) = self.post(path, params);
+        assert_eq!(status, 200, "POST {path} {params:?}: {body}");
+        body["res"]
+            .as_str()
+            .unwrap_or_else(|| panic!("POST {path}: no res in {body}"))
+            .to_string()
+    }
+
+    /// `GET /healthz` answers ok: the HTTP side is alive.
+    pub fn assert_healthy(&self) {
+        let mut response = self
+            .agent
+            .get(self.url("/healthz"))
+            .call()
+            .expect("GET /healthz");
+        assert_eq!(response.status().as_u16(), 200);
+        let body: Value =
+            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(body["status"], "ok");
+    }
+
+    /// Registers a user (phone number generated, password "secret123").
+    /// Returns the phone number.
+    pub fn register(&self, name: &str, avatar: &str) -> String {
+        let tel = self.next_tel.fetch_add(1, Ordering::Relaxed).to_string();
+        let mut params = vec![
+            ("user_tel", tel.as_str()),
+            ("user_name", name),
+            ("user_password", "secret123"),
+        ];
+        if !avatar.is_empty() {
+            params.push(("user_avatar_url", avatar));
+        }
+        assert_eq!(
+            self.res("/auth/register", &params),
+            "register successfully",
+            "register {name}"
+        );
+        tel
+    }
+
+    /// Registers a user and logs in; returns the token.
+    pub fn register_with_token(&self, name: &str, avatar: &str) -> String {
+        let tel = self.register(name, avatar);
+        let (status, body) = self.post(
+            "/auth/login",
+            &[("user_tel", &tel), ("user_password", "secret123")],
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["res"], "login successfully", "{body}");
+        body["data"]["token"]
+            .as_str()
+            .expect("token in login data")
+            .to_string()
+    }
+
+    pub fn create_room(&self, name: &str) {
+        assert_eq!(
+            self.res("/chatroom/create", &[("room_name", name)]),
+            "chatroom create successfully"
+        );
+    }
+
+    pub fn create_room_with_capacity(&self, name: &str, capacity: u32) {
+        let capacity = capacity.to_string();
+        assert_eq!(
+            self.res(
+                "/chatroom/create",
+                &[("room_name", name), ("capacity", &capacity)]
+            ),
+            "chatroom create successfully"
+        );
+    }
+
+    /// `/chatroom/room`: status 1 admits, 0 releases. Returns `res`.
+    pub fn room(&self, room: &str, user: &str, status: u8) -> String {
+        let status = status.to_string();
+        self.res(
+            "/chatroom/room",
+            &[
+                ("room_name", room),
+                ("user_name", user),
+                ("status", &status),
+            ],
+        )
+    }
+
+    /// The population `/chatroom/list` reports for a room, checking both
+    /// shapes agree.
+    pub fn population(&self, room: &str) -> u64 {
+        let (status, body) = self.post("/chatroom/list", &[]);
+        assert_eq!(status, 200, "{body}");
+        let rooms = body["rooms"].as_array().expect("rooms array");
+        let room_list = body["room_list"].as_array().expect("room_list array");
+        let a = rooms
+            .iter()
+            .find(|r| r["name"] == room)
+            .unwrap_or_else(|| panic!("room {room} not in {body}"))["population"]
+            .as_u64()
+            .expect("population");
+        let b = room_list
+            .iter()
+            .find(|r| r["room_name"] == room)
+            .unwrap_or_else(|| panic!("room {room} not in {body}"))["population"]
+            .as_u64()
+            .expect("population");
+        assert_eq!(a, b, "rooms and room_list disagree: {body}");
+        a
+    }
+
+    /// Polls `/chatroom/list` until the room's population is `expected`.
+    pub fn wait_population(&self, room: &str, expected: u64) {
+        let deadline = Instant::now() + POLL_DEADLINE;
+        loop {
+            let population = self.population(room);
+            if population == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "population of {room} stayed {population}, expected {expected}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

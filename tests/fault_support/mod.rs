@@ -590,40 +590,6 @@ impl Noise {
     }
 }
 
-// ---------------------------------------------------------------------------
-// In-process servers with both ports known
-// ---------------------------------------------------------------------------
-
-/// An in-process server (as `common::TestServer`) that also tells its chat
-/// port.
-pub struct InProcess {
-    server: Option<chatroom::RunningServer>,
-    pub dir: tempfile::TempDir,
-    pub http: SocketAddr,
-    pub ws: SocketAddr,
-}
-
-impl InProcess {
-    pub fn start_with(tweak: impl FnOnce(&mut chatroom::Config)) -> InProcess {
-        let dir = tempfile::TempDir::new().expect("temp dir");
-        let server = crate::common::try_start_in(dir.path(), tweak).expect("server starts");
-        InProcess {
-            http: server.http_addr(),
-            ws: server.ws_addr(),
-            server: Some(server),
-            dir,
-        }
-    }
-
-    /// Stops the server; an error (such as a panicked reactor thread)
-    /// fails the test.
-    pub fn stop(mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop().expect("the server stops cleanly");
-        }
-    }
-}
-
 /// A phone number no other call in this test process has used.
 pub fn unique_tel() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,19 +1,22 @@
-//! Shared helpers for the WebSocket integration tests: an in-process server,
-//! a small HTTP client for the API, a chat client over `tungstenite`, and a
-//! raw frame-level client for transport edge cases.
+//! Shared helpers for the WebSocket integration tests: a chat client over
+//! `tungstenite`, and a raw frame-level client for transport edge cases.
+//! The server is `common::TestServer`; this module gives it `client()`.
+//!
+//! Test files that use this module also declare `mod common;`.
 //!
 //! Each test binary uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
+
+use crate::common::TestServer;
 
 /// The safety net on every blocking read: a test that waits this long has
 /// failed, it is not a synchronisation mechanism.
@@ -22,231 +25,8 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Overall deadline for polling loops.
 pub const POLL_DEADLINE: Duration = Duration::from_secs(15);
 
-/// A server running in-process on free ports, with its own data directory.
-pub struct TestServer {
-    // Field order matters: the server stops before its directory goes.
-    pub server: chatroom::RunningServer,
-    pub dir: tempfile::TempDir,
-    agent: ureq::Agent,
-    next_tel: AtomicU64,
-}
-
-/// The configuration every test starts from: free ports, a temp data dir,
-/// cheap password hashing.
-pub fn base_config(dir: &tempfile::TempDir) -> chatroom::Config {
-    chatroom::Config {
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        ws_addr: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        argon2_memory_kib: 8,
-        argon2_iterations: 1,
-        ..chatroom::Config::default()
-    }
-}
-
+// The WebSocket side of the one in-process server (`common::TestServer`).
 impl TestServer {
-    pub fn start() -> TestServer {
-        TestServer::start_with(|_| {})
-    }
-
-    pub fn start_with(adjust: impl FnOnce(&mut chatroom::Config)) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = base_config(&dir);
-        adjust(&mut config);
-        let server = chatroom::Server::bind(config)
-            .expect("bind server")
-            .spawn()
-            .expect("spawn server");
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(READ_TIMEOUT))
-            .build()
-            .into();
-        TestServer {
-            server,
-            dir,
-            agent,
-            next_tel: AtomicU64::new(13_800_000_000),
-        }
-    }
-
-    /// Stops the server (a clean shutdown: pending writes finish) and
-    /// starts a new one on the same data directory, the base configuration
-    /// with `adjust` applied. Phone numbers keep counting, so users
-    /// registered after the restart do not collide with earlier ones.
-    pub fn restart_with(self, adjust: impl FnOnce(&mut chatroom::Config)) -> TestServer {
-        let TestServer {
-            server,
-            dir,
-            agent,
-            next_tel,
-        } = self;
-        server.stop().expect("the server stops cleanly");
-        let mut config = base_config(&dir);
-        adjust(&mut config);
-        let server = chatroom::Server::bind(config)
-            .expect("bind the restarted server")
-            .spawn()
-            .expect("spawn the restarted server");
-        TestServer {
-            server,
-            dir,
-            agent,
-            next_tel,
-        }
-    }
-
-    pub fn http_addr(&self) -> SocketAddr {
-        self.server.http_addr()
-    }
-
-    pub fn ws_addr(&self) -> SocketAddr {
-        self.server.ws_addr()
-    }
-
-    /// POSTs a form to the API; returns the status and the JSON body.
-    pub fn post(&self, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
-        let url = format!("http://{}{}", self.http_addr(), path);
-        let mut response = self
-            .agent
-            .post(&url)
-            .send_form(params.iter().copied())
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .read_to_string()
-            .unwrap_or_else(|e| panic!("POST {path} body: {e}"));
-        let json = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("POST {path}: body is not JSON ({e}): {body}"));
-        (status, json)
-    }
-
-    /// POSTs and returns the `res` string, insisting on status 200.
-    pub fn res(&self, path: &str, params: &[(&str, &str)]) -> String {
-        let (status, body) = self.post(path, params);
-        assert_eq!(status, 200, "POST {path} {params:?}: {body}");
-        body["res"]
-            .as_str()
-            .unwrap_or_else(|| panic!("POST {path}: no res in {body}"))
-            .to_string()
-    }
-
-    /// `GET /healthz` answers ok: the HTTP side is alive.
-    pub fn assert_healthy(&self) {
-        let url = format!("http://{}/healthz", self.http_addr());
-        let mut response = self.agent.get(&url).call().expect("GET /healthz");
-        assert_eq!(response.status().as_u16(), 200);
-        let body: Value =
-            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
-        assert_eq!(body["status"], "ok");
-    }
-
-    /// Registers a user (phone number generated, password "secret123").
-    /// Returns the phone number.
-    pub fn register(&self, name: &str, avatar: &str) -> String {
-        let tel = self.next_tel.fetch_add(1, Ordering::Relaxed).to_string();
-        let mut params = vec![
-            ("user_tel", tel.as_str()),
-            ("user_name", name),
-            ("user_password", "secret123"),
-        ];
-        if !avatar.is_empty() {
-            params.push(("user_avatar_url", avatar));
-        }
-        assert_eq!(
-            self.res("/auth/register", &params),
-            "register successfully",
-            "register {name}"
-        );
-        tel
-    }
-
-    /// Registers a user and logs in; returns the token.
-    pub fn register_with_token(&self, name: &str, avatar: &str) -> String {
-        let tel = self.register(name, avatar);
-        let (status, body) = self.post(
-            "/auth/login",
-            &[("user_tel", &tel), ("user_password", "secret123")],
-        );
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(body["res"], "login successfully", "{body}");
-        body["data"]["token"]
-            .as_str()
-            .expect("token in login data")
-            .to_string()
-    }
-
-    pub fn create_room(&self, name: &str) {
-        assert_eq!(
-            self.res("/chatroom/create", &[("room_name", name)]),
-            "chatroom create successfully"
-        );
-    }
-
-    pub fn create_room_with_capacity(&self, name: &str, capacity: u32) {
-        let capacity = capacity.to_string();
-        assert_eq!(
-            self.res(
-                "/chatroom/create",
-                &[("room_name", name), ("capacity", &capacity)]
-            ),
-            "chatroom create successfully"
-        );
-    }
-
-    /// `/chatroom/room`: status 1 admits, 0 releases. Returns `res`.
-    pub fn room(&self, room: &str, user: &str, status: u8) -> String {
-        let status = status.to_string();
-        self.res(
-            "/chatroom/room",
-            &[
-                ("room_name", room),
-                ("user_name", user),
-                ("status", &status),
-            ],
-        )
-    }
-
-    /// The population `/chatroom/list` reports for a room, checking both
-    /// shapes agree.
-    pub fn population(&self, room: &str) -> u64 {
-        let (status, body) = self.post("/chatroom/list", &[]);
-        assert_eq!(status, 200, "{body}");
-        let rooms = body["rooms"].as_array().expect("rooms array");
-        let room_list = body["room_list"].as_array().expect("room_list array");
-        let a = rooms
-            .iter()
-            .find(|r| r["name"] == room)
-            .unwrap_or_else(|| panic!("room {room} not in {body}"))["population"]
-            .as_u64()
-            .expect("population");
-        let b = room_list
-            .iter()
-            .find(|r| r["room_name"] == room)
-            .unwrap_or_else(|| panic!("room {room} not in {body}"))["population"]
-            .as_u64()
-            .expect("population");
-        assert_eq!(a, b, "rooms and room_list disagree: {body}");
-        a
-    }
-
-    /// Polls `/chatroom/list` until the room's population is `expected`.
-    pub fn wait_population(&self, room: &str, expected: u64) {
-        let deadline = Instant::now() + POLL_DEADLINE;
-        loop {
-            let population = self.population(room);
-            if population == expected {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "population of {room} stayed {population}, expected {expected}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     /// A chat client on the WebSocket port.
     pub fn client(&self) -> Client {
         Client::connect(self.ws_addr(), "/")
