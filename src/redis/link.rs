@@ -641,9 +641,10 @@ impl Link {
 
     /// The wait before the next attempt: a window that doubles with each
     /// consecutive failure up to `backoff_max`, and a random point in its
-    /// upper half. Using the upper half keeps successive waits from ever
-    /// shrinking (each window starts where the last one ended) while still
-    /// spreading nodes that lost Redis at the same moment.
+    /// upper half. Using the upper half means successive waits never
+    /// shrink until the ceiling (each window starts where the last one
+    /// ended), while nodes that lost Redis at the same moment still spread
+    /// out.
     fn next_backoff(&mut self) -> Duration {
         let doublings = self.failures.min(31);
         self.failures = self.failures.saturating_add(1);
@@ -854,4 +855,929 @@ fn confirms(reply: &Reply, kind: &[u8], channel: &[u8]) -> bool {
         Some([Reply::Bulk(Some(got_kind)), Reply::Bulk(Some(got_channel)), Reply::Integer(_)])
             if got_kind.as_slice() == kind && got_channel.as_slice() == channel
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+    fn config(role: Role) -> LinkConfig {
+        LinkConfig {
+            connect_timeout: CONNECT_TIMEOUT,
+            reply_timeout: REPLY_TIMEOUT,
+            ping_after: None,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1600),
+            jitter_seed: 7,
+            ..LinkConfig::new(role)
+        }
+    }
+
+    fn ms(start: Instant, millis: u64) -> Instant {
+        start + Duration::from_millis(millis)
+    }
+
+    fn events(link: &mut Link) -> Vec<LinkEvent> {
+        std::iter::from_fn(|| link.poll_event()).collect()
+    }
+
+    /// Writes out everything the link wants written and reads it as a
+    /// server would: each command an array of bulk strings.
+    fn written(link: &mut Link) -> Vec<Vec<String>> {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = link.poll_transmit() {
+            let len = chunk.len();
+            bytes.extend_from_slice(chunk);
+            link.advance_transmit(len);
+        }
+        let mut decoder = RespDecoder::new(RespLimits::default());
+        let mut commands = Vec::new();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let Ok(Status::Complete((Reply::Array(Some(args)), len))) = decoder.decode(rest) else {
+                panic!("not a command: {:?}", String::from_utf8_lossy(rest));
+            };
+            rest = &rest[len..];
+            commands.push(
+                args.iter()
+                    .map(|arg| String::from_utf8_lossy(arg.as_bulk().expect("bulk")).into_owned())
+                    .collect(),
+            );
+        }
+        commands
+    }
+
+    fn command(words: &[&str]) -> Vec<String> {
+        words.iter().map(|word| word.to_string()).collect()
+    }
+
+    fn bulk(bytes: &[u8]) -> Reply {
+        Reply::Bulk(Some(bytes.to_vec()))
+    }
+
+    fn push(words: &[&[u8]]) -> Vec<u8> {
+        Reply::Array(Some(words.iter().map(|word| bulk(word)).collect())).to_bytes()
+    }
+
+    fn confirmation(kind: &str, channel: &str, count: i64) -> Vec<u8> {
+        Reply::Array(Some(vec![
+            bulk(kind.as_bytes()),
+            bulk(channel.as_bytes()),
+            Reply::Integer(count),
+        ]))
+        .to_bytes()
+    }
+
+    /// A link that has connected, with the first events checked.
+    fn connected(config: LinkConfig, now: Instant) -> Link {
+        let mut link = Link::new(config, now);
+        assert_eq!(events(&mut link), vec![LinkEvent::Connect]);
+        link.handle_connected(now);
+        link
+    }
+
+    /// A link that is up with nothing outstanding.
+    fn up(config: LinkConfig, now: Instant) -> Link {
+        let mut link = connected(config, now);
+        assert_eq!(events(&mut link), vec![LinkEvent::Up]);
+        link
+    }
+
+    /// Feeds `input` split at `split` (two reads) and returns the events.
+    fn feed_split(link: &mut Link, input: &[u8], split: usize, now: Instant) -> Vec<LinkEvent> {
+        let (first, second) = input.split_at(split.min(input.len()));
+        link.handle_input(first, now);
+        link.handle_input(second, now);
+        events(link)
+    }
+
+    #[test]
+    fn pipelines_commands_and_matches_replies_in_order_however_split() {
+        let replies = b"+OK\r\n$1\r\n5\r\n:1\r\n-ERR no such key\r\n".to_vec();
+        let mut outcomes = Vec::new();
+        for split in 0..=replies.len() {
+            let now = Instant::now();
+            let mut link = Link::new(config(Role::Commands), now);
+            assert_eq!(events(&mut link), vec![LinkEvent::Connect]);
+            assert_eq!(
+                link.send(&Command::new("PING"), 1, now),
+                Err(SendError::NotConnected)
+            );
+            link.handle_connected(now);
+            assert_eq!(events(&mut link), vec![LinkEvent::Up]);
+            let commands = [
+                Command::new("SET").arg("k").arg("5"),
+                Command::new("GET").arg("k"),
+                Command::new("INCR").arg("n"),
+                Command::new("RENAME").arg("x").arg("y"),
+            ];
+            for (tag, command) in (10..).zip(&commands) {
+                assert_eq!(link.send(command, tag, now), Ok(()));
+            }
+            assert_eq!(link.outstanding(), 4);
+            assert_eq!(
+                written(&mut link),
+                vec![
+                    command(&["SET", "k", "5"]),
+                    command(&["GET", "k"]),
+                    command(&["INCR", "n"]),
+                    command(&["RENAME", "x", "y"]),
+                ]
+            );
+            outcomes.push(feed_split(&mut link, &replies, split, now));
+            assert_eq!(link.outstanding(), 0);
+        }
+        for outcome in &outcomes {
+            assert_eq!(
+                outcome,
+                &vec![
+                    LinkEvent::Reply {
+                        tag: 10,
+                        reply: Reply::Simple("OK".into())
+                    },
+                    LinkEvent::Reply {
+                        tag: 11,
+                        reply: bulk(b"5")
+                    },
+                    LinkEvent::Reply {
+                        tag: 12,
+                        reply: Reply::Integer(1)
+                    },
+                    LinkEvent::Reply {
+                        tag: 13,
+                        reply: Reply::Error("ERR no such key".into())
+                    },
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn replies_arriving_a_byte_at_a_time_are_matched() {
+        let now = Instant::now();
+        let mut link = up(config(Role::Commands), now);
+        for tag in 0..3 {
+            assert_eq!(
+                link.send(&Command::new("GET").arg_int(tag), tag as Tag, now),
+                Ok(())
+            );
+        }
+        written(&mut link);
+        let replies = b"$3\r\nabc\r\n$-1\r\n*2\r\n$1\r\na\r\n:2\r\n";
+        for byte in replies {
+            link.handle_input(&[*byte], now);
+        }
+        assert_eq!(
+            events(&mut link),
+            vec![
+                LinkEvent::Reply {
+                    tag: 0,
+                    reply: bulk(b"abc")
+                },
+                LinkEvent::Reply {
+                    tag: 1,
+                    reply: Reply::Bulk(None)
+                },
+                LinkEvent::Reply {
+                    tag: 2,
+                    reply: Reply::Array(Some(vec![bulk(b"a"), Reply::Integer(2)]))
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn handshake_goes_first_and_up_waits_for_it() {
+        let now = Instant::now();
+        let mut link = connected(
+            LinkConfig {
+                username: Some("chat".into()),
+                password: Some("s3cret".into()),
+                db: 3,
+                client_name: Some("chatroom-node".into()),
+                ..config(Role::Commands)
+            },
+            now,
+        );
+        assert_eq!(events(&mut link), vec![]);
+        assert_eq!(
+            written(&mut link),
+            vec![
+                command(&["AUTH", "chat", "s3cret"]),
+                command(&["SELECT", "3"]),
+                command(&["CLIENT", "SETNAME", "chatroom-node"]),
+            ]
+        );
+        assert!(!link.is_up());
+        assert_eq!(
+            link.send(&Command::new("PING"), 1, now),
+            Err(SendError::NotConnected)
+        );
+        link.handle_input(b"+OK\r\n+OK\r\n", now);
+        assert_eq!(events(&mut link), vec![]);
+        link.handle_input(b"+OK\r\n", now);
+        assert_eq!(events(&mut link), vec![LinkEvent::Up]);
+        assert_eq!(link.send(&Command::new("PING"), 1, now), Ok(()));
+    }
+
+    #[test]
+    fn a_password_alone_sends_auth_with_one_argument_and_db_zero_no_select() {
+        let now = Instant::now();
+        let url = RedisUrl::parse("redis://:pw@localhost/0").expect("valid");
+        let mut link = connected(LinkConfig::from_url(&url, Role::Commands), now);
+        assert_eq!(written(&mut link), vec![command(&["AUTH", "pw"])]);
+        link.handle_input(b"+OK\r\n", now);
+        assert_eq!(events(&mut link), vec![LinkEvent::Up]);
+        assert!(!format!("{:?}", link.config).contains("pw\""));
+    }
+
+    #[test]
+    fn a_refused_handshake_goes_down_and_retries_after_the_backoff() {
+        let now = Instant::now();
+        let mut link = connected(
+            LinkConfig {
+                password: Some("wrong".into()),
+                ..config(Role::Commands)
+            },
+            now,
+        );
+        written(&mut link);
+        link.handle_input(b"-WRONGPASS invalid username-password pair\r\n", now);
+        let events_now = events(&mut link);
+        let [LinkEvent::Down { reason, retry_in }] = events_now.as_slice() else {
+            panic!("{events_now:?}");
+        };
+        assert_eq!(
+            reason,
+            &DownReason::Refused("AUTH: WRONGPASS invalid username-password pair".into())
+        );
+        assert_eq!(link.poll_timeout(), Some(now + *retry_in));
+        assert_eq!(link.poll_transmit(), None);
+        link.handle_timeout(now + *retry_in - Duration::from_millis(1));
+        assert_eq!(events(&mut link), vec![]);
+        link.handle_timeout(now + *retry_in);
+        assert_eq!(events(&mut link), vec![LinkEvent::Connect]);
+        assert_eq!(link.poll_timeout(), Some(now + *retry_in + CONNECT_TIMEOUT));
+    }
+
+    #[test]
+    fn an_unanswered_command_takes_the_link_down_and_fails_all_in_order() {
+        let t0 = Instant::now();
+        let mut link = up(config(Role::Commands), t0);
+        for tag in 1..=3 {
+            let now = ms(t0, tag * 10);
+            assert_eq!(link.send(&Command::new("GET").arg("k"), tag, now), Ok(()));
+        }
+        written(&mut link);
+        assert_eq!(link.poll_timeout(), Some(ms(t0, 10) + REPLY_TIMEOUT));
+        link.handle_input(b"$-1\r\n", ms(t0, 50));
+        assert_eq!(
+            events(&mut link),
+            vec![LinkEvent::Reply {
+                tag: 1,
+                reply: Reply::Bulk(None)
+            }]
+        );
+        // The deadline is now the second command's.
+        assert_eq!(link.poll_timeout(), Some(ms(t0, 20) + REPLY_TIMEOUT));
+        link.handle_timeout(ms(t0, 19) + REPLY_TIMEOUT);
+        assert_eq!(events(&mut link), vec![]);
+        link.handle_timeout(ms(t0, 20) + REPLY_TIMEOUT);
+        let down = events(&mut link);
+        assert!(
+            matches!(
+                down.as_slice(),
+                [
+                    LinkEvent::Down {
+                        reason: DownReason::ReplyTimeout,
+                        ..
+                    },
+                    LinkEvent::Failed { tag: 2 },
+                    LinkEvent::Failed { tag: 3 },
+                ]
+            ),
+            "{down:?}"
+        );
+        assert_eq!(link.outstanding(), 0);
+        assert!(!link.is_up());
+        // The connection is given up: a late reply, a late close are ignored,
+        // and no second Down comes for the same connection.
+        link.handle_input(b"$-1\r\n", ms(t0, 2000));
+        link.handle_disconnected(ms(t0, 2000), DownReason::PeerClosed);
+        assert_eq!(events(&mut link), vec![]);
+    }
+
+    #[test]
+    fn a_dropped_connection_fails_sent_and_unsent_commands_and_resends_nothing() {
+        let now = Instant::now();
+        let mut link = up(config(Role::Commands), now);
+        assert_eq!(link.send(&Command::new("INCR").arg("a"), 1, now), Ok(()));
+        written(&mut link);
+        assert_eq!(link.send(&Command::new("INCR").arg("b"), 2, now), Ok(()));
+        assert!(link.unsent_bytes() > 0);
+        link.handle_disconnected(now, DownReason::Io(io::ErrorKind::ConnectionReset));
+        let down = events(&mut link);
+        assert!(
+            matches!(
+                down.as_slice(),
+                [
+                    LinkEvent::Down {
+                        reason: DownReason::Io(io::ErrorKind::ConnectionReset),
+                        ..
+                    },
+                    LinkEvent::Failed { tag: 1 },
+                    LinkEvent::Failed { tag: 2 },
+                ]
+            ),
+            "{down:?}"
+        );
+        assert_eq!(link.unsent_bytes(), 0);
+        let retry_at = link.poll_timeout().expect("a retry");
+        link.handle_timeout(retry_at);
+        assert_eq!(events(&mut link), vec![LinkEvent::Connect]);
+        link.handle_connected(retry_at);
+        assert_eq!(events(&mut link), vec![LinkEvent::Up]);
+        assert_eq!(written(&mut link), Vec::<Vec<String>>::new());
+    }
+
+    /// The waits of `rounds` failed attempts in a row.
+    fn failed_attempt_waits(link: &mut Link, start: Instant, rounds: usize) -> Vec<Duration> {
+        let mut now = start;
+        let mut waits = Vec::new();
+        for _ in 0..rounds {
+            link.handle_disconnected(now, DownReason::Io(io::ErrorKind::ConnectionRefused));
+            match events(link).as_slice() {
+                [LinkEvent::Down { retry_in, .. }] => waits.push(*retry_in),
+                other => panic!("{other:?}"),
+            }
+            now += *waits.last().expect("pushed");
+            assert_eq!(link.poll_timeout(), Some(now));
+            link.handle_timeout(now);
+            assert_eq!(events(link), vec![LinkEvent::Connect]);
+        }
+        waits
+    }
+
+    #[test]
+    fn backoff_doubles_within_its_jitter_window_and_resets_once_up() {
+        let t0 = Instant::now();
+        let mut link = Link::new(config(Role::Commands), t0);
+        events(&mut link);
+        let waits = failed_attempt_waits(&mut link, t0, 8);
+        for (attempt, wait) in waits.iter().enumerate() {
+            let ceiling = Duration::from_millis((100u64 << attempt).min(1600));
+            assert!(
+                *wait >= ceiling / 2 && *wait <= ceiling,
+                "attempt {attempt}: {wait:?} outside [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
+        }
+        // Until the ceiling (attempt 4), each wait's window starts where the
+        // last one's ended: the waits never shrink.
+        assert!(
+            waits[..5].windows(2).all(|pair| pair[0] <= pair[1]),
+            "{waits:?}"
+        );
+        assert!(waits[5..]
+            .iter()
+            .all(|wait| *wait >= Duration::from_millis(800)));
+        assert_eq!(link.consecutive_failures(), 8);
+        // Jittered: not all the same fraction of their window.
+        assert!(waits.iter().any(|wait| wait.as_nanos() % 1_000_000 != 0));
+
+        let now = t0 + Duration::from_secs(60);
+        link.handle_connected(now);
+        assert_eq!(events(&mut link), vec![LinkEvent::Up]);
+        assert_eq!(link.consecutive_failures(), 0);
+        link.handle_disconnected(now, DownReason::PeerClosed);
+        match events(&mut link).as_slice() {
+            [LinkEvent::Down { retry_in, .. }] => {
+                assert!(*retry_in >= Duration::from_millis(50));
+                assert!(*retry_in <= Duration::from_millis(100));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn jitter_replays_from_its_seed() {
+        let now = Instant::now();
+        let waits_for = |seed: u64| {
+            let mut link = Link::new(
+                LinkConfig {
+                    jitter_seed: seed,
+                    ..config(Role::Commands)
+                },
+                now,
+            );
+            events(&mut link);
+            failed_attempt_waits(&mut link, now, 6)
+        };
+        assert_eq!(waits_for(1), waits_for(1));
+        assert_ne!(waits_for(1), waits_for(2));
+    }
+
+    #[test]
+    fn a_connect_that_never_completes_times_out() {
+        let t0 = Instant::now();
+        let mut link = Link::new(config(Role::Commands), t0);
+        assert_eq!(events(&mut link), vec![LinkEvent::Connect]);
+        assert_eq!(link.poll_timeout(), Some(t0 + CONNECT_TIMEOUT));
+        link.handle_timeout(t0 + CONNECT_TIMEOUT);
+        assert!(matches!(
+            events(&mut link).as_slice(),
+            [LinkEvent::Down {
+                reason: DownReason::ConnectTimeout,
+                ..
+            }]
+        ));
+        // The driver's late news of the abandoned attempt changes nothing.
+        link.handle_connected(t0 + CONNECT_TIMEOUT);
+        assert_eq!(events(&mut link), vec![]);
+        assert!(!link.is_up());
+    }
+
+    #[test]
+    fn back_pressure_bounds_outstanding_commands_and_unsent_bytes() {
+        let now = Instant::now();
+        let mut link = up(
+            LinkConfig {
+                max_outstanding: 2,
+                max_unsent_bytes: 64,
+                ..config(Role::Commands)
+            },
+            now,
+        );
+        let get = Command::new("GET").arg("key"); // 22 bytes
+        assert_eq!(link.send(&get, 1, now), Ok(()));
+        assert_eq!(link.send(&get, 2, now), Ok(()));
+        assert_eq!(link.send(&get, 3, now), Err(SendError::Full));
+        written(&mut link);
+        link.handle_input(b"$-1\r\n", now);
+        assert_eq!(link.send(&get, 3, now), Ok(()));
+        written(&mut link);
+        link.handle_input(b"$-1\r\n$-1\r\n", now);
+        events(&mut link);
+
+        let huge = Command::new("SET").arg("k").arg([b'x'; 64]);
+        assert_eq!(link.send(&huge, 4, now), Err(SendError::TooLarge));
+        let medium = Command::new("SET").arg("k").arg([b'x'; 20]); // 47 bytes
+        assert_eq!(link.send(&medium, 5, now), Ok(()));
+        assert_eq!(link.send(&get, 6, now), Err(SendError::Full));
+        assert_eq!(link.unsent_bytes(), 47);
+        // Refused commands left nothing behind.
+        assert_eq!(
+            written(&mut link),
+            vec![command(&["SET", "k", &"x".repeat(20)])]
+        );
+        assert_eq!(link.send(&get, 6, now), Ok(()));
+    }
+
+    #[test]
+    fn commands_that_break_one_reply_each_are_refused() {
+        let now = Instant::now();
+        let mut link = up(config(Role::Commands), now);
+        for refused in [
+            Command::new("subscribe").arg("c"),
+            Command::new("PSUBSCRIBE").arg("c*"),
+            Command::new("MONITOR"),
+            Command::new("SELECT").arg("2"),
+            Command::new("HELLO").arg("3"),
+            Command::new("client").arg("reply").arg("off"),
+            Command::default(),
+        ] {
+            assert_eq!(link.send(&refused, 1, now), Err(SendError::Unsupported));
+        }
+        assert_eq!(
+            link.send(&Command::new("CLIENT").arg("LIST"), 1, now),
+            Ok(())
+        );
+        assert_eq!(link.subscribe(b"c", now), Err(SubscribeError::WrongRole));
+        let mut subscriber = up(config(Role::Subscriber), now);
+        assert_eq!(
+            subscriber.send(&Command::new("PING"), 1, now),
+            Err(SendError::WrongRole)
+        );
+    }
+
+    #[test]
+    fn subscriber_subscribes_behind_the_handshake_and_delivers_messages() {
+        let mut stream = b"+OK\r\n".to_vec();
+        stream.extend(confirmation("subscribe", "room:a", 1));
+        stream.extend(confirmation("subscribe", "room:b", 2));
+        stream.extend(push(&[b"message", b"room:a", b"hello \r\n\0 there"]));
+        stream.extend(push(&[b"message", b"room:zzz", b"not wanted"]));
+        stream.extend(push(&[b"message", b"room:b", b""]));
+        let mut outcomes = Vec::new();
+        for split in 0..=stream.len() {
+            let now = Instant::now();
+            let mut link = Link::new(
+                LinkConfig {
+                    password: Some("pw".into()),
+                    ..config(Role::Subscriber)
+                },
+                now,
+            );
+            assert_eq!(link.subscribe(b"room:a", now), Ok(()));
+            assert_eq!(link.subscribe(b"room:b", now), Ok(()));
+            assert_eq!(link.subscribe(b"room:a", now), Ok(()));
+            assert_eq!(events(&mut link), vec![LinkEvent::Connect]);
+            assert_eq!(written(&mut link), Vec::<Vec<String>>::new());
+            link.handle_connected(now);
+            assert_eq!(
+                written(&mut link),
+                vec![
+                    command(&["AUTH", "pw"]),
+                    command(&["SUBSCRIBE", "room:a"]),
+                    command(&["SUBSCRIBE", "room:b"]),
+                ]
+            );
+            outcomes.push(feed_split(&mut link, &stream, split, now));
+        }
+        for outcome in outcomes {
+            assert_eq!(
+                outcome,
+                vec![
+                    LinkEvent::Up,
+                    LinkEvent::Subscribed {
+                        channel: b"room:a".to_vec()
+                    },
+                    LinkEvent::Subscribed {
+                        channel: b"room:b".to_vec()
+                    },
+                    LinkEvent::Message {
+                        channel: b"room:a".to_vec(),
+                        payload: b"hello \r\n\0 there".to_vec()
+                    },
+                    LinkEvent::Message {
+                        channel: b"room:b".to_vec(),
+                        payload: Vec::new()
+                    },
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn wanted_channels_are_resubscribed_after_every_reconnect() {
+        let now = Instant::now();
+        let mut link = up(config(Role::Subscriber), now);
+        for channel in [&b"a"[..], b"b"] {
+            assert_eq!(link.subscribe(channel, now), Ok(()));
+        }
+        assert_eq!(
+            written(&mut link),
+            vec![command(&["SUBSCRIBE", "a"]), command(&["SUBSCRIBE", "b"])]
+        );
+        let mut confirmations = confirmation("subscribe", "a", 1);
+        confirmations.extend(confirmation("subscribe", "b", 2));
+        link.handle_input(&confirmations, now);
+        assert_eq!(events(&mut link).len(), 2);
+
+        assert_eq!(link.unsubscribe(b"b", now), Ok(()));
+        assert_eq!(link.unsubscribe(b"never", now), Ok(()));
+        assert_eq!(link.subscribe(b"c", now), Ok(()));
+        assert_eq!(
+            written(&mut link),
+            vec![command(&["UNSUBSCRIBE", "b"]), command(&["SUBSCRIBE", "c"])]
+        );
+        // A message on b overtakes the UNSUBSCRIBE's confirmation: dropped.
+        let mut replies = push(&[b"message", b"b", b"late"]);
+        replies.extend(confirmation("unsubscribe", "b", 1));
+        replies.extend(confirmation("subscribe", "c", 2));
+        link.handle_input(&replies, now);
+        assert_eq!(
+            events(&mut link),
+            vec![LinkEvent::Subscribed {
+                channel: b"c".to_vec()
+            }]
+        );
+
+        for round in 0..3 {
+            link.handle_disconnected(now, DownReason::PeerClosed);
+            assert!(matches!(
+                events(&mut link).as_slice(),
+                [LinkEvent::Down { .. }]
+            ));
+            // Changes while down take effect at the next connection.
+            if round == 1 {
+                assert_eq!(link.subscribe(b"d", now), Ok(()));
+                assert_eq!(link.unsubscribe(b"a", now), Ok(()));
+            }
+            let retry_at = link.poll_timeout().expect("a retry");
+            link.handle_timeout(retry_at);
+            assert_eq!(events(&mut link), vec![LinkEvent::Connect]);
+            link.handle_connected(retry_at);
+            assert_eq!(events(&mut link), vec![LinkEvent::Up]);
+            let expected: Vec<&str> = if round == 0 {
+                vec!["a", "c"]
+            } else {
+                vec!["c", "d"]
+            };
+            assert_eq!(
+                written(&mut link),
+                expected
+                    .iter()
+                    .map(|channel| command(&["SUBSCRIBE", channel]))
+                    .collect::<Vec<_>>()
+            );
+            let mut confirmations = Vec::new();
+            for (count, channel) in (1..).zip(&expected) {
+                confirmations.extend(confirmation("subscribe", channel, count));
+            }
+            link.handle_input(&confirmations, retry_at);
+            let subscribed: Vec<LinkEvent> = expected
+                .iter()
+                .map(|channel| LinkEvent::Subscribed {
+                    channel: channel.as_bytes().to_vec(),
+                })
+                .collect();
+            assert_eq!(events(&mut link), subscribed);
+        }
+        let wanted: Vec<&[u8]> = link.wanted_channels().collect();
+        assert_eq!(wanted, vec![&b"c"[..], b"d"]);
+    }
+
+    #[test]
+    fn subscriptions_are_bounded() {
+        let now = Instant::now();
+        let mut link = Link::new(
+            LinkConfig {
+                max_channels: 2,
+                limits: RespLimits {
+                    max_bulk_bytes: 8,
+                    ..RespLimits::default()
+                },
+                ..config(Role::Subscriber)
+            },
+            now,
+        );
+        assert_eq!(
+            link.subscribe(b"123456789", now),
+            Err(SubscribeError::ChannelTooLong)
+        );
+        assert_eq!(link.subscribe(b"a", now), Ok(()));
+        assert_eq!(link.subscribe(b"b", now), Ok(()));
+        assert_eq!(
+            link.subscribe(b"c", now),
+            Err(SubscribeError::TooManyChannels)
+        );
+        assert_eq!(link.unsubscribe(b"a", now), Ok(()));
+        assert_eq!(link.subscribe(b"c", now), Ok(()));
+    }
+
+    #[test]
+    fn subscription_back_pressure_leaves_the_wanted_set_alone() {
+        let now = Instant::now();
+        let mut link = up(
+            LinkConfig {
+                max_unsent_bytes: 40,
+                ..config(Role::Subscriber)
+            },
+            now,
+        );
+        assert_eq!(link.subscribe(b"aaaa", now), Ok(())); // 30 bytes
+        assert_eq!(link.subscribe(b"bbbb", now), Err(SubscribeError::Full));
+        assert_eq!(link.unsubscribe(b"aaaa", now), Err(SubscribeError::Full));
+        let wanted: Vec<&[u8]> = link.wanted_channels().collect();
+        assert_eq!(wanted, vec![&b"aaaa"[..]]);
+        assert_eq!(written(&mut link), vec![command(&["SUBSCRIBE", "aaaa"])]);
+        assert_eq!(link.subscribe(b"bbbb", now), Ok(()));
+    }
+
+    #[test]
+    fn bytes_that_break_the_protocol_or_its_bounds_reset_the_link() {
+        let now = Instant::now();
+        let small = RespLimits {
+            max_bulk_bytes: 16,
+            ..RespLimits::default()
+        };
+        let subscribed = |now| {
+            let mut link = up(
+                LinkConfig {
+                    limits: small,
+                    ..config(Role::Subscriber)
+                },
+                now,
+            );
+            assert_eq!(link.subscribe(b"c", now), Ok(()));
+            written(&mut link);
+            link.handle_input(&confirmation("subscribe", "c", 1), now);
+            events(&mut link);
+            link
+        };
+        let down_reason = |link: &mut Link| match events(link).as_slice() {
+            [LinkEvent::Down { reason, .. }, ..] => reason.clone(),
+            other => panic!("{other:?}"),
+        };
+
+        let mut link = subscribed(now);
+        link.handle_input(&push(&[b"message", b"c", &[b'x'; 17]]), now);
+        assert_eq!(
+            down_reason(&mut link),
+            DownReason::Protocol(RespError::BulkTooLarge)
+        );
+        let mut link = subscribed(now);
+        link.handle_input(b"hello\r\n", now);
+        assert!(matches!(
+            down_reason(&mut link),
+            DownReason::Protocol(RespError::Malformed(_))
+        ));
+        for bad in [
+            // A message whose payload is not a bulk string.
+            Reply::Array(Some(vec![bulk(b"message"), bulk(b"c"), Reply::Integer(1)])).to_bytes(),
+            // A message with a fourth element.
+            push(&[b"message", b"c", b"x", b"y"]),
+            // A confirmation nobody asked for.
+            confirmation("subscribe", "c", 1),
+            // Not a push at all.
+            b"+OK\r\n".to_vec(),
+        ] {
+            let mut link = subscribed(now);
+            link.handle_input(&bad, now);
+            assert_eq!(down_reason(&mut link), DownReason::UnexpectedReply);
+        }
+
+        // A confirmation for another channel than the one asked for.
+        let mut link = subscribed(now);
+        assert_eq!(link.subscribe(b"d", now), Ok(()));
+        link.handle_input(&confirmation("subscribe", "e", 2), now);
+        assert_eq!(down_reason(&mut link), DownReason::UnexpectedReply);
+
+        // On a commands link: a reply with nothing outstanding.
+        let mut link = up(config(Role::Commands), now);
+        link.handle_input(b":1\r\n", now);
+        assert_eq!(down_reason(&mut link), DownReason::UnexpectedReply);
+        // A handshake answered with something other than OK.
+        let mut link = connected(
+            LinkConfig {
+                db: 1,
+                ..config(Role::Commands)
+            },
+            now,
+        );
+        link.handle_input(b":1\r\n", now);
+        assert_eq!(down_reason(&mut link), DownReason::UnexpectedReply);
+        // Replies after the bad one in the same read are not acted on.
+        let mut link = up(config(Role::Commands), now);
+        assert_eq!(link.send(&Command::new("GET").arg("k"), 1, now), Ok(()));
+        link.handle_input(b"?\r\n$1\r\nx\r\n", now);
+        let down = events(&mut link);
+        assert!(
+            matches!(
+                down.as_slice(),
+                [LinkEvent::Down { .. }, LinkEvent::Failed { tag: 1 }]
+            ),
+            "{down:?}"
+        );
+    }
+
+    #[test]
+    fn an_idle_link_pings_and_finds_a_silent_server() {
+        let t0 = Instant::now();
+        let quiet = Duration::from_secs(5);
+        let mut link = up(
+            LinkConfig {
+                ping_after: Some(quiet),
+                ..config(Role::Commands)
+            },
+            t0,
+        );
+        assert_eq!(link.poll_timeout(), Some(t0 + quiet));
+        link.handle_timeout(t0 + quiet - Duration::from_millis(1));
+        assert_eq!(written(&mut link), Vec::<Vec<String>>::new());
+        link.handle_timeout(t0 + quiet);
+        assert_eq!(written(&mut link), vec![command(&["PING"])]);
+        assert_eq!(link.poll_timeout(), Some(t0 + quiet + REPLY_TIMEOUT));
+        let answered = t0 + quiet + Duration::from_millis(3);
+        link.handle_input(b"+PONG\r\n", answered);
+        assert_eq!(events(&mut link), vec![]);
+        assert_eq!(link.outstanding(), 0);
+        assert_eq!(link.poll_timeout(), Some(answered + quiet));
+        link.handle_timeout(answered + quiet);
+        assert_eq!(written(&mut link), vec![command(&["PING"])]);
+        link.handle_timeout(answered + quiet + REPLY_TIMEOUT);
+        assert!(matches!(
+            events(&mut link).as_slice(),
+            [LinkEvent::Down {
+                reason: DownReason::ReplyTimeout,
+                ..
+            }]
+        ));
+
+        // A subscribed connection answers PING as a push.
+        let mut link = up(
+            LinkConfig {
+                ping_after: Some(quiet),
+                ..config(Role::Subscriber)
+            },
+            t0,
+        );
+        assert_eq!(link.subscribe(b"c", t0), Ok(()));
+        link.handle_input(&confirmation("subscribe", "c", 1), t0);
+        events(&mut link);
+        written(&mut link);
+        link.handle_timeout(t0 + quiet);
+        assert_eq!(written(&mut link), vec![command(&["PING"])]);
+        link.handle_input(&push(&[b"pong", b""]), t0 + quiet);
+        assert_eq!(events(&mut link), vec![]);
+        assert!(link.is_up());
+    }
+
+    #[test]
+    fn transmit_in_small_writes_sends_every_byte_once_in_order() {
+        let now = Instant::now();
+        let mut link = up(
+            LinkConfig {
+                max_outstanding: 5000,
+                ..config(Role::Commands)
+            },
+            now,
+        );
+        let mut expected = Vec::new();
+        for tag in 0..3000 {
+            let command = Command::new("SET").arg(format!("key:{tag}")).arg_int(tag);
+            expected.extend(command.to_bytes());
+            assert_eq!(link.send(&command, tag as Tag, now), Ok(()));
+        }
+        let mut sent = Vec::new();
+        while let Some(chunk) = link.poll_transmit() {
+            let len = chunk.len().min(1000);
+            sent.extend_from_slice(&chunk[..len]);
+            link.advance_transmit(len);
+        }
+        assert_eq!(sent, expected);
+        assert_eq!(link.unsent_bytes(), 0);
+        link.handle_input(&b"+OK\r\n".repeat(3000), now);
+        let replies = events(&mut link);
+        assert_eq!(replies.len(), 3000);
+        assert!(replies
+            .iter()
+            .zip(0..)
+            .all(|(event, tag)| matches!(event, LinkEvent::Reply { tag: got, .. } if *got == tag)));
+    }
+
+    #[test]
+    fn every_connect_is_followed_by_exactly_one_down() {
+        // Ways a connection can end, one after another on one link.
+        let t0 = Instant::now();
+        let mut link = Link::new(
+            LinkConfig {
+                password: Some("pw".into()),
+                ..config(Role::Commands)
+            },
+            t0,
+        );
+        let mut log = events(&mut link);
+        let mut now = t0;
+        for ending in 0..5 {
+            match ending {
+                0 => {
+                    link.handle_disconnected(now, DownReason::Io(io::ErrorKind::ConnectionRefused))
+                }
+                1 => link.handle_timeout(now + CONNECT_TIMEOUT),
+                2 => {
+                    link.handle_connected(now);
+                    link.handle_input(b"-ERR nope\r\n", now);
+                }
+                3 => {
+                    link.handle_connected(now);
+                    link.handle_input(b"+OK\r\n", now);
+                    link.handle_input(b"+OK\r\n", now);
+                }
+                _ => {
+                    link.handle_connected(now);
+                    link.handle_timeout(now + REPLY_TIMEOUT);
+                    link.handle_disconnected(now + REPLY_TIMEOUT, DownReason::PeerClosed);
+                }
+            }
+            log.extend(events(&mut link));
+            now = link.poll_timeout().expect("a retry") + CONNECT_TIMEOUT;
+            link.handle_timeout(now - CONNECT_TIMEOUT);
+            log.extend(events(&mut link));
+        }
+        let mut open = false;
+        for event in &log {
+            match event {
+                LinkEvent::Connect => {
+                    assert!(!open, "{log:?}");
+                    open = true;
+                }
+                LinkEvent::Down { .. } => {
+                    assert!(open, "{log:?}");
+                    open = false;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            log.iter()
+                .filter(|event| matches!(event, LinkEvent::Down { .. }))
+                .count(),
+            5
+        );
+    }
 }
