@@ -208,36 +208,34 @@ impl Command {
             .unwrap_or_default()
     }
 
-    fn frames(&self) -> Vec<BorrowedFrame<'_>> {
-        self.args().map(BorrowedFrame::BulkString).collect()
+    /// Hands the crate's encoder the arguments as frames: on the stack for
+    /// the short commands the link sends all the time, so that sending
+    /// allocates nothing beyond the transmit buffer.
+    fn with_frame<T>(&self, use_frame: impl FnOnce(&BorrowedFrame<'_>) -> T) -> T {
+        const ON_STACK: usize = 8;
+        if self.ends.len() <= ON_STACK {
+            let mut frames: [BorrowedFrame<'_>; ON_STACK] =
+                std::array::from_fn(|_| BorrowedFrame::Null);
+            for (slot, arg) in frames.iter_mut().zip(self.args()) {
+                *slot = BorrowedFrame::BulkString(arg);
+            }
+            use_frame(&BorrowedFrame::Array(&frames[..self.ends.len()]))
+        } else {
+            let frames: Vec<BorrowedFrame<'_>> =
+                self.args().map(BorrowedFrame::BulkString).collect();
+            use_frame(&BorrowedFrame::Array(&frames))
+        }
     }
 
     /// Bytes the command takes on the wire.
     pub fn encoded_len(&self) -> usize {
-        let frames = self.frames();
-        BorrowedFrame::Array(&frames).encode_len(false)
+        self.with_frame(|frame| frame.encode_len(false))
     }
 
     /// Appends the command's wire bytes to `out` (through the crate's
     /// encoder) and returns how many were written.
     pub fn encode(&self, out: &mut Vec<u8>) -> usize {
-        let frames = self.frames();
-        let frame = BorrowedFrame::Array(&frames);
-        let start = out.len();
-        out.resize(start + frame.encode_len(false), 0);
-        match encode_borrowed(&mut out[start..], &frame, false) {
-            Ok(written) => {
-                out.truncate(start + written);
-                written
-            }
-            // Only a buffer shorter than encode_len makes the encoder fail,
-            // and the buffer was sized from encode_len; should that ever
-            // change, send nothing rather than a torn command.
-            Err(_) => {
-                out.truncate(start);
-                0
-            }
-        }
+        self.with_frame(|frame| encode_frame(frame, out))
     }
 
     /// The command's wire bytes.
@@ -245,6 +243,25 @@ impl Command {
         let mut out = Vec::new();
         self.encode(&mut out);
         out
+    }
+}
+
+/// Appends `frame`'s bytes, sized by the crate's own `encode_len`.
+fn encode_frame(frame: &BorrowedFrame<'_>, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.resize(start + frame.encode_len(false), 0);
+    match encode_borrowed(&mut out[start..], frame, false) {
+        Ok(written) => {
+            out.truncate(start + written);
+            written
+        }
+        // Only a buffer shorter than encode_len makes the encoder fail, and
+        // the buffer was sized from encode_len; should that ever change,
+        // send nothing rather than a torn command.
+        Err(_) => {
+            out.truncate(start);
+            0
+        }
     }
 }
 
