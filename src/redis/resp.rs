@@ -373,7 +373,9 @@ impl RespDecoder {
     /// were the reply; drop them before the next call.
     ///
     /// While a reply is incomplete the caller holds at most
-    /// `max_reply_bytes + max_bulk_bytes + 2` bytes of it.
+    /// `max_reply_bytes + max(max_bulk_bytes, 20) + 2` bytes of it: a
+    /// declared length is refused before its bytes are waited for, and a
+    /// line before it runs past its limit.
     pub fn decode(&mut self, input: &[u8]) -> Result<Status<(Reply, usize)>, RespError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
@@ -437,13 +439,14 @@ impl RespDecoder {
             let line_start = scan.offset + 1;
             // The CR may sit at most `line_limit` bytes after the type byte;
             // nothing past that window is looked at.
-            let window_end = input.len().min(line_start + line_limit + 1);
+            let full_window_end = line_start.saturating_add(line_limit).saturating_add(1);
+            let window_end = input.len().min(full_window_end);
             let search_from = scan.line_searched.max(line_start);
             let found = input
                 .get(search_from..window_end)
                 .and_then(|window| window.iter().position(|&byte| byte == b'\r'));
             let Some(cr) = found.map(|at| search_from + at) else {
-                if window_end == line_start + line_limit + 1 {
+                if window_end == full_window_end {
                     return Err(match kind {
                         b'+' | b'-' => RespError::BulkTooLarge,
                         _ => RespError::Malformed("number too long"),
@@ -491,10 +494,11 @@ impl RespDecoder {
                             return Err(RespError::BulkTooLarge);
                         }
                         // len fits in usize: it is at most max_bulk_bytes.
-                        let end = line_end + len as usize + 2;
-                        if end > limits.max_reply_bytes {
-                            return Err(RespError::ReplyTooLarge);
-                        }
+                        let end = line_end
+                            .checked_add(len as usize)
+                            .and_then(|end| end.checked_add(2))
+                            .filter(|&end| end <= limits.max_reply_bytes)
+                            .ok_or(RespError::ReplyTooLarge)?;
                         scan.bulk_end = Some(end);
                         false
                     }
