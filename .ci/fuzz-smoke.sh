@@ -24,6 +24,7 @@ dict_for() {
     http_request | http_params) echo fuzz/dict/http.dict ;;
     ws_handshake) echo fuzz/dict/ws_handshake.dict ;;
     chat_packets | chat_core | store_replay | message_replay) echo fuzz/dict/json.dict ;;
+    resp_decode) echo fuzz/dict/resp.dict ;;
     *) echo "" ;;
   esac
 }

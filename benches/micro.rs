@@ -393,3 +393,95 @@ mod broadcast_encode {
         });
     }
 }
+
+mod redis_resp {
+    use std::time::Instant;
+
+    use chatroom::redis::{
+        Command, Link, LinkConfig, LinkEvent, Reply, RespDecoder, RespLimits, Role, Status,
+    };
+
+    use super::*;
+
+    /// A pub/sub push as the subscriber link reads it, `payload` bytes of
+    /// chat line in it.
+    #[divan::bench(args = [128, 4096])]
+    fn decode_message(bencher: Bencher, payload: usize) {
+        let push = Reply::Array(Some(vec![
+            Reply::Bulk(Some(b"message".to_vec())),
+            Reply::Bulk(Some(b"chatroom:room:lobby".to_vec())),
+            Reply::Bulk(Some(text_of(ASCII_LINE, payload).into_bytes())),
+        ]))
+        .to_bytes();
+        let mut decoder = RespDecoder::new(RespLimits::default());
+        bencher
+            .counter(BytesCount::of_slice(&push))
+            .bench_local(|| match decoder.decode(black_box(&push)) {
+                Ok(Status::Complete((reply, _))) => reply,
+                other => panic!("{other:?}"),
+            });
+    }
+
+    /// The replies to a pipeline of SET, GET and INCR, one at a time as
+    /// the link takes them from a read.
+    #[divan::bench]
+    fn decode_pipeline_1000(bencher: Bencher) {
+        let mut stream = Vec::new();
+        for n in 0..1000 {
+            match n % 3 {
+                0 => stream.extend_from_slice(b"+OK\r\n"),
+                1 => Reply::Bulk(Some(format!("value-{n}").into_bytes())).encode(&mut stream),
+                _ => Reply::Integer(n).encode(&mut stream),
+            }
+        }
+        let mut decoder = RespDecoder::new(RespLimits::default());
+        bencher.counter(ItemsCount::new(1000usize)).bench_local(|| {
+            let mut rest = black_box(&stream[..]);
+            while let Ok(Status::Complete((reply, len))) = decoder.decode(rest) {
+                black_box(reply);
+                rest = &rest[len..];
+            }
+        });
+    }
+
+    #[divan::bench]
+    fn encode_command_set(bencher: Bencher) {
+        let value = text_of(ASCII_LINE, 128);
+        let mut out = Vec::with_capacity(1024);
+        bencher.bench_local(|| {
+            out.clear();
+            let command = Command::new("SET")
+                .arg(black_box("chatroom:room:lobby:seq"))
+                .arg(black_box(&value));
+            command.encode(&mut out)
+        });
+    }
+
+    /// The whole sans-IO round of a command on the link: send (encode and
+    /// queue), take the bytes to write, feed the reply, take the event.
+    #[divan::bench]
+    fn link_round_trip_1000(bencher: Bencher) {
+        let now = Instant::now();
+        let mut link = Link::new(LinkConfig::new(Role::Commands), now);
+        while link.poll_event().is_some() {}
+        link.handle_connected(now);
+        while link.poll_event().is_some() {}
+        let command = Command::new("INCR").arg("chatroom:room:lobby:seq");
+        let replies = b":1\r\n".repeat(1000);
+        bencher.counter(ItemsCount::new(1000usize)).bench_local(|| {
+            for tag in 0..1000 {
+                let _ = link.send(black_box(&command), tag, now);
+            }
+            let written = link.poll_transmit().map_or(0, <[u8]>::len);
+            link.advance_transmit(written);
+            link.handle_input(black_box(&replies), now);
+            let mut replied = 0;
+            while let Some(event) = link.poll_event() {
+                if matches!(event, LinkEvent::Reply { .. }) {
+                    replied += 1;
+                }
+            }
+            assert_eq!(replied, 1000);
+        });
+    }
+}

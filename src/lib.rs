@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod reactor;
+pub mod redis;
 pub mod server;
 pub mod store;
 pub mod web;
