@@ -418,6 +418,20 @@ impl Api {
             .is_some_and(|token| self.tokens.user_of(token, now.mono).is_some())
     }
 
+    /// What both room queries check first: the token when one is required
+    /// (401), then the room name (400).
+    fn room_query<'p>(
+        &self,
+        request: &Request,
+        params: &'p Params,
+        now: Now,
+    ) -> Result<&'p str, Response> {
+        if !self.authorized(request, params, now) {
+            return Err(Response::res(401, "unauthorized"));
+        }
+        super::required(params, "room_name", validate::room_name)
+    }
+
     /// `/chatroom/history`: a page of written, retained messages.
     pub(super) fn history(
         &self,
@@ -425,10 +439,7 @@ impl Api {
         params: &Params,
         now: Now,
     ) -> Result<Outcome, Response> {
-        if !self.authorized(request, params, now) {
-            return Err(Response::res(401, "unauthorized"));
-        }
-        let room_name = super::required(params, "room_name", validate::room_name)?;
+        let room_name = self.room_query(request, params, now)?;
         let before = optional_seq(params, "before")?;
         let after = optional_seq(params, "after")?;
         let limit = page_limit(params)?;
@@ -442,11 +453,7 @@ impl Api {
             (None, Some(after)) => Anchor::After(after),
             (None, None) => Anchor::Newest,
         };
-        let Some(room) = self
-            .state
-            .room_id(room_name)
-            .and_then(|id| self.state.room(id))
-        else {
+        let Some(room) = self.state.room_named(room_name) else {
             return Ok(Outcome::Reply(Response::res(200, "invalid room")));
         };
         let history: &RoomHistory = room.history();
@@ -479,15 +486,8 @@ impl Api {
         params: &Params,
         now: Now,
     ) -> Result<Outcome, Response> {
-        if !self.authorized(request, params, now) {
-            return Err(Response::res(401, "unauthorized"));
-        }
-        let room_name = super::required(params, "room_name", validate::room_name)?;
-        let Some(room) = self
-            .state
-            .room_id(room_name)
-            .and_then(|id| self.state.room(id))
-        else {
+        let room_name = self.room_query(request, params, now)?;
+        let Some(room) = self.state.room_named(room_name) else {
             return Ok(Outcome::Reply(Response::res(200, "invalid room")));
         };
         let mut members: Vec<Member> = room

@@ -81,15 +81,20 @@ impl RoomHistory {
     /// `capacity` messages; `capacity` 0 keeps none but still counts.
     pub fn push(&mut self, frame: Rc<[u8]>, capacity: usize) -> u64 {
         self.last_seq += 1;
-        if capacity > 0 {
-            while self.retained.len() >= capacity {
-                self.retained.pop_front();
-            }
-            self.retained.push_back(frame);
-        } else {
-            self.retained.clear();
-        }
+        self.keep(frame, capacity);
         self.last_seq
+    }
+
+    /// Appends the frame of `last_seq`, dropping the oldest past `capacity`.
+    fn keep(&mut self, frame: Rc<[u8]>, capacity: usize) {
+        if capacity == 0 {
+            self.retained.clear();
+            return;
+        }
+        while self.retained.len() >= capacity {
+            self.retained.pop_front();
+        }
+        self.retained.push_back(frame);
     }
 
     /// A message replayed from disk at start-up, with its stored seq.
@@ -104,12 +109,7 @@ impl RoomHistory {
         }
         self.last_seq = seq;
         self.written_seq = seq;
-        if capacity > 0 {
-            while self.retained.len() >= capacity {
-                self.retained.pop_front();
-            }
-            self.retained.push_back(frame);
-        }
+        self.keep(frame, capacity);
     }
 
     /// Ends a replay: the room's last seq as the log recorded it, which is

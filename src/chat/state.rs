@@ -190,6 +190,10 @@ impl ChatState {
         self.rooms.get(id as usize)
     }
 
+    pub fn room_named(&self, name: &str) -> Option<&Room> {
+        self.room_id(name).and_then(|id| self.room(id))
+    }
+
     pub fn history_mut(&mut self, id: RoomId) -> Option<&mut RoomHistory> {
         self.rooms
             .get_mut(id as usize)
