@@ -9,6 +9,7 @@ use clap::Parser;
 use crate::api::ChatConfig;
 use crate::http::forwarded::{Cidr, TrustedProxies};
 use crate::http::request::HttpLimits;
+use crate::redis::RedisUrl;
 use crate::ws::Limits as WsLimits;
 
 /// Everything the server can be told; `Config::default()` is SPEC's defaults.
@@ -47,6 +48,9 @@ pub struct Config {
     /// What WebSocket messages are for: the chat, or echoing them back
     /// (the conformance-test server in `examples/echo.rs`).
     pub ws_mode: WsMode,
+    /// Cluster mode (SPEC §9): users, rooms, tokens, seats and history live
+    /// in this Redis, shared by every node; `data_dir` is not used.
+    pub redis: Option<RedisUrl>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +237,14 @@ pub struct Cli {
     /// Silence after which a WebSocket is closed.
     #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = parse_duration)]
     pub ws_idle_timeout: Duration,
+
+    /// Cluster mode: keep all state in this Redis (redis://[[user]:password@]host[:port][/db]) so any number of servers act as one; --data-dir is then unused.
+    #[arg(long, value_name = "URL", value_parser = parse_redis_url)]
+    pub redis: Option<RedisUrl>,
+}
+
+fn parse_redis_url(text: &str) -> Result<RedisUrl, String> {
+    RedisUrl::parse(text).map_err(|error| error.to_string())
 }
 
 impl Cli {
@@ -275,6 +287,7 @@ impl Cli {
             ws_ping_after: self.ws_ping_after,
             ws_idle_timeout: self.ws_idle_timeout,
             ws_mode: WsMode::Chat,
+            redis: self.redis,
         }
     }
 }
