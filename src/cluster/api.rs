@@ -235,6 +235,8 @@ pub struct ClusterApi {
     subscriber: Link,
     /// Scripts loaded on the current command connection.
     ready: bool,
+    /// The subscriber link is connected (for logging its loss once).
+    subscriber_up: bool,
     loading: usize,
     settings_checked: bool,
     next_tag: Tag,
@@ -369,6 +371,7 @@ impl ClusterApi {
             commands: Link::new(commands_config, now),
             subscriber: Link::new(subscriber_config, now),
             ready: false,
+            subscriber_up: false,
             loading: 0,
             settings_checked: false,
             next_tag: 1,
@@ -526,8 +529,11 @@ impl ClusterApi {
                     self.advance(&name, now.mono);
                 }
             }
+            (Role::Subscriber, LinkEvent::Up) => self.subscriber_up = true,
             (Role::Subscriber, LinkEvent::Down { reason, .. }) => {
-                log::warn!("Redis subscriber link down ({reason})");
+                if std::mem::take(&mut self.subscriber_up) {
+                    log::warn!("Redis subscriber link down ({reason}); reconnecting");
+                }
             }
             _ => {}
         }
