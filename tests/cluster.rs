@@ -515,7 +515,11 @@ fn simultaneous_admissions_on_three_nodes_seat_exactly_the_capacity() {
     else {
         return;
     };
-    let nodes = nodes(&redis, 3, |_| {});
+    // Users admitted over HTTP never connect: their seats must outlive
+    // the test however slow the machine, so the TTL is far away.
+    let nodes = nodes(&redis, 3, |config| {
+        config.seat_ttl = Duration::from_secs(3600);
+    });
     let users: Vec<String> = (0..USERS).map(|i| format!("racer{i:02}")).collect();
     for (i, user) in users.iter().enumerate() {
         nodes[i % 3].register(user, "");
@@ -831,9 +835,18 @@ fn subscribers_killed_mid_burst_lose_nothing_and_double_nothing() {
         alice.queue(&packet("msg", "alice", "", "burst", &text(i)));
     }
     alice.flush();
-    let who = reached_rx
-        .recv_timeout(REDIS_SAFETY)
-        .expect("a receiver on B reached 100 messages");
+    let who = match reached_rx.recv_timeout(REDIS_SAFETY) {
+        Ok(who) => who,
+        Err(error) => {
+            // Both receivers gone (a failure of theirs says why) or stuck.
+            for thread in threads {
+                if let Err(panic) = thread.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            panic!("no receiver on B reached {KILL_AFTER} messages: {error}");
+        }
+    };
     let killed = redis.integer(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     report(&format!(
         "tests/cluster.rs: CLIENT KILL TYPE pubsub killed {killed} subscriber(s) once {who} \

@@ -59,10 +59,16 @@ pub fn redis_server_installed(test: &str) -> bool {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct ports nobody listens on right now (all held at once while
+/// they are picked, so none is handed out twice).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("its address").port())
 }
 
 // ---------------------------------------------------------------------------
@@ -427,8 +433,7 @@ impl NodeProcess {
     /// and returns once `/healthz` answers 200.
     pub fn start(url: &str, extra: &[&str]) -> NodeProcess {
         let dir = TempDir::new().expect("temp dir");
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let ws = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let [http, ws] = free_ports::<2>().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
         let mut child = Process::new(env!("CARGO_BIN_EXE_chatroom"))
             .args(["--http", &http.to_string()])
             .args(["--ws", &ws.to_string()])
