@@ -80,6 +80,9 @@ pub struct Gauges {
     pub messages_retained: usize,
     pub history_disk_bytes: u64,
     pub history: crate::api::HistoryCounters,
+    /// Cluster mode only.
+    pub cluster: Option<crate::cluster::ClusterCounters>,
+    pub redis_up: bool,
 }
 
 impl Metrics {
@@ -233,8 +236,63 @@ impl Metrics {
             "chatroom_message_log_sync_seconds",
             "Time of one fsync of the message log (off the broadcast path).",
         );
+        if let Some(cluster) = gauges.cluster {
+            render_cluster(&mut out, &cluster, gauges.redis_up);
+        }
         out
     }
+}
+
+/// Cluster mode's series (README, "Outgrowing one machine").
+fn render_cluster(out: &mut String, cluster: &crate::cluster::ClusterCounters, redis_up: bool) {
+    let mut series = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    series(
+        "chatroom_redis_up",
+        "gauge",
+        "1 while Redis answers this node's commands (scripts loaded), else 0.",
+        u64::from(redis_up),
+    );
+    series(
+        "chatroom_redis_reconnects_total",
+        "counter",
+        "Times the command link to Redis was lost after serving.",
+        cluster.redis_reconnects,
+    );
+    series(
+        "chatroom_redis_ops_failed_total",
+        "counter",
+        "Redis commands that could not be sent or lost their reply.",
+        cluster.ops_failed,
+    );
+    series(
+        "chatroom_cluster_refills_total",
+        "counter",
+        "Reads of a room's stream to fill a gap in pub/sub delivery or catch up after subscribing.",
+        cluster.refills,
+    );
+    series(
+        "chatroom_cluster_duplicates_dropped_total",
+        "counter",
+        "Messages received again (pub/sub after a refill) and dropped.",
+        cluster.duplicates_dropped,
+    );
+    series(
+        "chatroom_cluster_seats_swept_total",
+        "counter",
+        "Seats of departed nodes this node released.",
+        cluster.seats_swept,
+    );
+    series(
+        "chatroom_cluster_lease_losses_total",
+        "counter",
+        "Times this node's lease lapsed and it dropped its WebSockets.",
+        cluster.lease_losses,
+    );
 }
 
 #[cfg(test)]

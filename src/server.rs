@@ -15,7 +15,7 @@ use mio::{Poll, Waker};
 use crate::api::ApiConfig;
 use crate::auth::{self, HashCost, HashPool};
 use crate::config::Config;
-use crate::reactor::{HelperEvent, Reactor, ReactorParts, StopHandle, WAKER};
+use crate::reactor::{HelperEvent, Reactor, ReactorParts, StopHandle, StoreParts, WAKER};
 use crate::store::{DataDir, LogConfig, MessageLog, StoreError, Writer};
 
 /// Why a server could not start.
@@ -56,6 +56,51 @@ pub struct Server {
     stop: StopHandle,
 }
 
+/// The embedded store's helper threads: the message log and the writer.
+fn open_embedded(
+    config: &Config,
+    data_dir: DataDir,
+    replayed: crate::store::Replayed,
+    events_tx: mpsc::Sender<HelperEvent>,
+    waker: &Arc<Waker>,
+) -> Result<StoreParts, StartError> {
+    let log_config = LogConfig {
+        history_size: config.chat.history_size,
+        ..LogConfig::default()
+    };
+    let (message_log, history) =
+        MessageLog::open(&config.data_dir, log_config).map_err(StartError::Store)?;
+    let retained: usize = history.values().map(|room| room.messages.len()).sum();
+    log::info!(
+        "message log: {retained} retained message(s) in {} room(s)",
+        history.len()
+    );
+    let log_waker = Arc::clone(waker);
+    let log_events = Mutex::new(events_tx.clone());
+    let message_log = message_log.spawn(Box::new(move |event| {
+        if let Ok(tx) = log_events.lock() {
+            let _ = tx.send(HelperEvent::MessageLog(event));
+        }
+        let _ = log_waker.wake();
+    }))?;
+
+    let store_waker = Arc::clone(waker);
+    let writer = Writer::spawn(
+        &data_dir,
+        Box::new(move |completion| {
+            let _ = events_tx.send(HelperEvent::Stored(completion));
+            let _ = store_waker.wake();
+        }),
+    )?;
+    Ok(StoreParts::Embedded {
+        replayed,
+        history,
+        writer,
+        message_log,
+        data_dir,
+    })
+}
+
 impl Server {
     /// Opens the data directory, replays it, binds the listeners and starts
     /// the helper threads. Port 0 binds a free port; see `http_addr`.
@@ -66,13 +111,34 @@ impl Server {
         };
         auth::validate_cost(cost).map_err(StartError::Config)?;
 
-        let (data_dir, replayed) = DataDir::open(&config.data_dir).map_err(StartError::Store)?;
-        log::info!(
-            "data directory {}: {} users, {} rooms",
-            config.data_dir.display(),
-            replayed.users.len(),
-            replayed.rooms.len()
-        );
+        // Cluster mode resolves Redis's address once, here: the reactor
+        // never blocks on a name lookup.
+        let redis = match &config.redis {
+            Some(url) => {
+                let addr = std::net::ToSocketAddrs::to_socket_addrs(&url.host_port())
+                    .ok()
+                    .and_then(|mut addrs| addrs.next())
+                    .ok_or_else(|| {
+                        StartError::Config(format!("--redis: cannot resolve {}", url.host_port()))
+                    })?;
+                Some((url.clone(), addr))
+            }
+            None => None,
+        };
+        let opened = match redis {
+            Some(_) => None,
+            None => {
+                let (data_dir, replayed) =
+                    DataDir::open(&config.data_dir).map_err(StartError::Store)?;
+                log::info!(
+                    "data directory {}: {} users, {} rooms",
+                    config.data_dir.display(),
+                    replayed.users.len(),
+                    replayed.rooms.len()
+                );
+                Some((data_dir, replayed))
+            }
+        };
 
         let http_listener =
             TcpListener::bind(config.http_addr).map_err(|source| StartError::Bind {
@@ -103,34 +169,13 @@ impl Server {
             }),
         )?;
 
-        let log_config = LogConfig {
-            history_size: config.chat.history_size,
-            ..LogConfig::default()
-        };
-        let (message_log, history) =
-            MessageLog::open(&config.data_dir, log_config).map_err(StartError::Store)?;
-        let retained: usize = history.values().map(|room| room.messages.len()).sum();
-        log::info!(
-            "message log: {retained} retained message(s) in {} room(s)",
-            history.len()
-        );
-        let log_waker = Arc::clone(&waker);
-        let log_events = Mutex::new(events_tx.clone());
-        let message_log = message_log.spawn(Box::new(move |event| {
-            if let Ok(tx) = log_events.lock() {
-                let _ = tx.send(HelperEvent::MessageLog(event));
+        let store = match (redis, opened) {
+            (Some((url, addr)), _) => StoreParts::Cluster { url, addr },
+            (None, Some((data_dir, replayed))) => {
+                open_embedded(&config, data_dir, replayed, events_tx, &waker)?
             }
-            let _ = log_waker.wake();
-        }))?;
-
-        let store_waker = Arc::clone(&waker);
-        let writer = Writer::spawn(
-            &data_dir,
-            Box::new(move |completion| {
-                let _ = events_tx.send(HelperEvent::Stored(completion));
-                let _ = store_waker.wake();
-            }),
-        )?;
+            (None, None) => return Err(StartError::Config("no store".to_string())),
+        };
 
         let stop_flag = Arc::new(AtomicBool::new(false));
         let api_config = ApiConfig {
@@ -144,14 +189,10 @@ impl Server {
             http_listener,
             ws_listener,
             config,
-            replayed,
-            history,
+            store,
             api_config,
             helper_events,
             hash_pool,
-            writer,
-            message_log,
-            data_dir,
             stop: Arc::clone(&stop_flag),
             signals: None,
         };

@@ -110,53 +110,53 @@ impl MessageFlow {
 /// A retained `msg` frame read back for `/chatroom/history`: the packet's
 /// `data` with the fields a page row carries, in the order it writes them.
 #[derive(Deserialize)]
-struct StoredPacket<'a> {
+pub(crate) struct StoredPacket<'a> {
     #[serde(borrow)]
-    data: Row<'a>,
+    pub(crate) data: Row<'a>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct Row<'a> {
-    seq: u64,
-    ts: u64,
+pub(crate) struct Row<'a> {
+    pub(crate) seq: u64,
+    pub(crate) ts: u64,
     #[serde(borrow)]
-    user: RowUser<'a>,
+    pub(crate) user: RowUser<'a>,
     #[serde(borrow)]
-    msg: Cow<'a, str>,
+    pub(crate) msg: Cow<'a, str>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct RowUser<'a> {
+pub(crate) struct RowUser<'a> {
     #[serde(borrow)]
-    user_name: Cow<'a, str>,
+    pub(crate) user_name: Cow<'a, str>,
     #[serde(borrow)]
-    user_avatar: Cow<'a, str>,
+    pub(crate) user_avatar: Cow<'a, str>,
 }
 
 #[derive(Serialize)]
-struct HistoryReply<'a> {
-    res: &'a str,
-    room_name: &'a str,
-    messages: Vec<Row<'a>>,
-    has_more: bool,
+pub(crate) struct HistoryReply<'a> {
+    pub(crate) res: &'a str,
+    pub(crate) room_name: &'a str,
+    pub(crate) messages: Vec<Row<'a>>,
+    pub(crate) has_more: bool,
 }
 
 #[derive(Serialize)]
-struct Member<'a> {
-    user_name: &'a str,
-    user_avatar: &'a str,
-    online: bool,
+pub(crate) struct Member<'a> {
+    pub(crate) user_name: &'a str,
+    pub(crate) user_avatar: &'a str,
+    pub(crate) online: bool,
 }
 
 #[derive(Serialize)]
-struct MembersReply<'a> {
-    res: &'a str,
-    room_name: &'a str,
-    population: usize,
-    members: Vec<Member<'a>>,
+pub(crate) struct MembersReply<'a> {
+    pub(crate) res: &'a str,
+    pub(crate) room_name: &'a str,
+    pub(crate) population: usize,
+    pub(crate) members: Vec<Member<'a>>,
 }
 
-fn optional_seq(params: &Params, field: &str) -> Result<Option<u64>, Response> {
+pub(crate) fn optional_seq(params: &Params, field: &str) -> Result<Option<u64>, Response> {
     match params.get(field) {
         None | Some("") => Ok(None),
         Some(text) => text
@@ -166,7 +166,7 @@ fn optional_seq(params: &Params, field: &str) -> Result<Option<u64>, Response> {
     }
 }
 
-fn page_limit(params: &Params) -> Result<usize, Response> {
+pub(crate) fn page_limit(params: &Params) -> Result<usize, Response> {
     match params.get("limit") {
         None | Some("") => Ok(DEFAULT_PAGE),
         Some(text) => match text.parse::<usize>() {

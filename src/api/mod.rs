@@ -20,10 +20,10 @@ use crate::http::response::{Response, ALLOWED_METHODS};
 use crate::store::{BatchId, Completion, Record, RoomRecord, UserRecord};
 
 mod chat;
-mod history;
-mod limits;
+pub(crate) mod history;
+pub(crate) mod limits;
 
-pub use chat::{ChatConfig, RateBucket};
+pub use chat::{ChatConfig, RateBucket, MAX_ROOMS_PER_CONNECTION};
 pub use history::HistoryCounters;
 use limits::{client_key, FailureWindow};
 
@@ -98,7 +98,7 @@ struct PersistWait {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
+pub(crate) enum Endpoint {
     Register,
     Login,
     List,
@@ -130,7 +130,7 @@ pub fn endpoint_label(path: &str) -> &'static str {
     }
 }
 
-fn route(path: &str) -> Option<Endpoint> {
+pub(crate) fn route(path: &str) -> Option<Endpoint> {
     match path {
         "/auth/register" => Some(Endpoint::Register),
         "/auth/login" => Some(Endpoint::Login),
@@ -170,12 +170,12 @@ pub struct Api {
     messages: history::MessageFlow,
 }
 
-fn invalid(error: String) -> Response {
+pub(crate) fn invalid(error: String) -> Response {
     Response::res_with_error(400, "invalid parameters", &error)
 }
 
 /// A required parameter, checked against its rule.
-fn required<'a>(
+pub(crate) fn required<'a>(
     params: &'a Params,
     field: &str,
     rule: fn(&str) -> Result<(), &'static str>,
@@ -188,11 +188,11 @@ fn required<'a>(
     }
 }
 
-fn non_empty(_: &str) -> Result<(), &'static str> {
+pub(crate) fn non_empty(_: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn parse_capacity(params: &Params, default: u32) -> Result<u32, Response> {
+pub(crate) fn parse_capacity(params: &Params, default: u32) -> Result<u32, Response> {
     match params.get("capacity") {
         None | Some("") => Ok(default),
         Some(text) => match text.parse::<u32>() {
@@ -205,7 +205,7 @@ fn parse_capacity(params: &Params, default: u32) -> Result<u32, Response> {
 }
 
 /// A phone number after its typed spaces and dashes are gone, checked.
-fn required_tel(params: &Params) -> Result<std::borrow::Cow<'_, str>, Response> {
+pub(crate) fn required_tel(params: &Params) -> Result<std::borrow::Cow<'_, str>, Response> {
     let typed = required(params, "user_tel", non_empty)?;
     let tel = validate::normalize_tel(typed);
     validate::user_tel(&tel).map_err(|why| invalid(format!("user_tel: {why}")))?;
@@ -213,44 +213,44 @@ fn required_tel(params: &Params) -> Result<std::borrow::Cow<'_, str>, Response> 
 }
 
 #[derive(Serialize)]
-struct LoginData<'a> {
+pub(crate) struct LoginData<'a> {
     /// `null` unless it fits the original Android app's 32-bit `Int`.
-    user_tel: Option<i32>,
-    user_name: &'a str,
-    user_avatar_url: &'a str,
-    token: &'a str,
+    pub(crate) user_tel: Option<i32>,
+    pub(crate) user_name: &'a str,
+    pub(crate) user_avatar_url: &'a str,
+    pub(crate) token: &'a str,
 }
 
 /// A user's public profile, as `/auth/user_data` answers it.
 #[derive(Serialize)]
-struct Profile<'a> {
-    user_tel: Option<i32>,
-    user_name: &'a str,
-    user_avatar_url: &'a str,
+pub(crate) struct Profile<'a> {
+    pub(crate) user_tel: Option<i32>,
+    pub(crate) user_name: &'a str,
+    pub(crate) user_avatar_url: &'a str,
 }
 
 /// The original document put the profile directly in `data`, the original
 /// server's later versions under `data.user`: both are served.
 #[derive(Serialize)]
-struct UserData<'a> {
+pub(crate) struct UserData<'a> {
     #[serde(flatten)]
-    profile: &'a Profile<'a>,
-    user: &'a Profile<'a>,
+    pub(crate) profile: &'a Profile<'a>,
+    pub(crate) user: &'a Profile<'a>,
 }
 
 #[derive(Serialize)]
-struct UserDataReply<'a> {
-    res: &'a str,
-    data: Option<UserData<'a>>,
+pub(crate) struct UserDataReply<'a> {
+    pub(crate) res: &'a str,
+    pub(crate) data: Option<UserData<'a>>,
 }
 
 #[derive(Serialize)]
-struct LoginReply<'a> {
-    res: &'a str,
-    data: Option<LoginData<'a>>,
+pub(crate) struct LoginReply<'a> {
+    pub(crate) res: &'a str,
+    pub(crate) data: Option<LoginData<'a>>,
 }
 
-fn login_failure(res: &'static str) -> Response {
+pub(crate) fn login_failure(res: &'static str) -> Response {
     Response::json(200, &LoginReply { res, data: None }).with_outcome(res)
 }
 
@@ -258,19 +258,19 @@ fn login_failure(res: &'static str) -> Response {
 /// the original document shows `room_name`, the original Android app reads
 /// `room_list[].name` (a missing one blanks its list and crashes its search).
 #[derive(Serialize)]
-struct RoomEntry<'a> {
-    name: &'a str,
-    room_name: &'a str,
-    population: usize,
+pub(crate) struct RoomEntry<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) room_name: &'a str,
+    pub(crate) population: usize,
 }
 
 #[derive(Serialize)]
-struct RoomList<'a> {
-    rooms: &'a [RoomEntry<'a>],
-    room_list: &'a [RoomEntry<'a>],
+pub(crate) struct RoomList<'a> {
+    pub(crate) rooms: &'a [RoomEntry<'a>],
+    pub(crate) room_list: &'a [RoomEntry<'a>],
 }
 
-fn preflight() -> Response {
+pub(crate) fn preflight() -> Response {
     Response {
         status: 204,
         content_type: crate::http::response::JSON,

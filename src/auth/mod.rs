@@ -168,6 +168,13 @@ pub const TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// table stays bounded by the number of users.
 pub const MAX_TOKENS_PER_USER: usize = 16;
 
+/// A fresh login token: 128 random bits, URL-safe base64.
+pub fn new_token() -> Result<String, String> {
+    let mut bits = [0u8; 16];
+    getrandom::fill(&mut bits).map_err(|e| format!("no randomness for a token: {e}"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bits))
+}
+
 /// Opaque login tokens, held in memory only.
 #[derive(Debug, Default)]
 pub struct Tokens {
@@ -178,9 +185,7 @@ pub struct Tokens {
 impl Tokens {
     /// Issues a fresh token for `user`: 128 random bits, URL-safe base64.
     pub fn issue(&mut self, user: u32, now: Instant) -> Result<String, String> {
-        let mut bits = [0u8; 16];
-        getrandom::fill(&mut bits).map_err(|e| format!("no randomness for a token: {e}"))?;
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bits);
+        let token = new_token()?;
         let issued = self.by_user.entry(user).or_default();
         issued.retain(|t| {
             self.by_token

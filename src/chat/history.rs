@@ -159,41 +159,49 @@ impl RoomHistory {
         }
     }
 
-    /// A page of at most `limit` messages that HTTP readers may see.
+    /// A page of at most `limit` messages that HTTP readers may see:
+    /// retained and written.
     pub fn page(&self, anchor: Anchor, limit: usize) -> Page {
-        let limit = limit as u64;
-        let first = self.first_retained_seq();
-        // Visible: retained and written.
-        let end = self.written_seq + 1;
-        if first >= end {
-            return Page {
-                seqs: end..end,
-                has_more: false,
-            };
+        page_of(
+            self.first_retained_seq(),
+            self.written_seq + 1,
+            anchor,
+            limit,
+        )
+    }
+}
+
+/// A page of at most `limit` of the seqs `first..end`.
+pub fn page_of(first: u64, end: u64, anchor: Anchor, limit: usize) -> Page {
+    let limit = limit as u64;
+    if first >= end {
+        return Page {
+            seqs: end..end,
+            has_more: false,
+        };
+    }
+    match anchor {
+        Anchor::Newest => {
+            let from = end.saturating_sub(limit).max(first);
+            Page {
+                seqs: from..end,
+                has_more: from > first,
+            }
         }
-        match anchor {
-            Anchor::Newest => {
-                let from = end.saturating_sub(limit).max(first);
-                Page {
-                    seqs: from..end,
-                    has_more: from > first,
-                }
+        Anchor::Before(before) => {
+            let to = before.min(end).max(first);
+            let from = to.saturating_sub(limit).max(first);
+            Page {
+                seqs: from..to,
+                has_more: from > first,
             }
-            Anchor::Before(before) => {
-                let to = before.min(end).max(first);
-                let from = to.saturating_sub(limit).max(first);
-                Page {
-                    seqs: from..to,
-                    has_more: from > first,
-                }
-            }
-            Anchor::After(after) => {
-                let from = after.saturating_add(1).max(first).min(end);
-                let to = from.saturating_add(limit).min(end);
-                Page {
-                    seqs: from..to,
-                    has_more: to < end,
-                }
+        }
+        Anchor::After(after) => {
+            let from = after.saturating_add(1).max(first).min(end);
+            let to = from.saturating_add(limit).min(end);
+            Page {
+                seqs: from..to,
+                has_more: to < end,
             }
         }
     }

@@ -429,6 +429,33 @@ pub fn history_frame(live: &[u8]) -> Rc<[u8]> {
     })
 }
 
+/// A text frame carrying `payload`, a packet this module wrote earlier
+/// (cluster mode keeps packets, not frames, in Redis).
+pub fn frame_from_payload(payload: &[u8]) -> Rc<[u8]> {
+    SCRATCH.with_borrow_mut(|buffer| {
+        buffer.clear();
+        buffer.resize(HEADER_ROOM, 0);
+        buffer.extend_from_slice(payload);
+        seal_frame(buffer)
+    })
+}
+
+/// A `msg` packet's JSON cut where its seq goes, for a store that assigns
+/// the seq itself: `before + seq + after` is `msg_frame`'s payload.
+pub fn msg_packet_around_seq(
+    user_name: &str,
+    user_avatar: &str,
+    room_name: &str,
+    msg: &str,
+    ts: u64,
+) -> (Vec<u8>, Vec<u8>) {
+    let frame = msg_frame(user_name, user_avatar, room_name, msg, ts, 0);
+    let payload = frame_payload(&frame);
+    // `seq` is the last field of `data`: the payload ends `"seq":0}}`.
+    let cut = payload.len().saturating_sub(3);
+    (payload[..cut].to_vec(), payload[cut + 1..].to_vec())
+}
+
 fn frame_of(packet: &impl Serialize) -> Rc<[u8]> {
     // Serialised into a buffer kept between calls, then copied once into
     // the shared frame: one allocation per broadcast, however the JSON
@@ -636,5 +663,23 @@ mod tests {
             assert_eq!(parse(text), checked, "{text}");
         }
         assert!(fast >= 5, "the common packets take the fast path");
+    }
+}
+
+#[cfg(test)]
+mod store_assigned_seq {
+    use super::*;
+
+    #[test]
+    fn a_packet_cut_around_its_seq_rebuilds_the_live_frame() {
+        for seq in [1u64, 9, 10, 123_456_789] {
+            let (before, after) =
+                msg_packet_around_seq("小明", "http://a/b.png", "房间 \"1\"", "hi\n", 1_700);
+            let mut payload = before.clone();
+            payload.extend_from_slice(seq.to_string().as_bytes());
+            payload.extend_from_slice(&after);
+            let live = msg_frame("小明", "http://a/b.png", "房间 \"1\"", "hi\n", 1_700, seq);
+            assert_eq!(&*frame_from_payload(&payload), &*live, "seq {seq}");
+        }
     }
 }

@@ -74,9 +74,14 @@ impl RoomKeys {
         format!("{}:seats", self.tag)
     }
 
-    /// `user|node` → that node's connections of the user in the room.
+    /// user → all of that user's connections in the room, on any node.
     pub fn connections(&self) -> String {
         format!("{}:conns", self.tag)
+    }
+
+    /// `user|node` → that node's connections of the user in the room.
+    pub fn node_connections(&self) -> String {
+        format!("{}:nconns", self.tag)
     }
 
     /// The room's last seq.
@@ -97,6 +102,19 @@ impl RoomKeys {
 
 /// The hash tag Redis Cluster hashes a key by: the text between the first
 /// `{` and the next `}`, when not empty; else the whole key.
+/// The set of node ids that ever held a lease and were not yet swept.
+pub fn nodes() -> String {
+    format!("{PREFIX}{{nodes}}:all")
+}
+
+/// The rooms in which `node` has (or had) connections.
+pub fn node_rooms(node: &str) -> String {
+    format!("{PREFIX}{{nodes}}:{}:rooms", escape(node))
+}
+
+/// What the scripts that build key names themselves put first.
+pub const KEY_PREFIX: &str = PREFIX;
+
 pub fn hash_tag(key: &str) -> &str {
     let Some(open) = key.find('{') else {
         return key;

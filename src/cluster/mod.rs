@@ -1,4 +1,12 @@
-//! Cluster mode on Redis (SPEC §9, docs/cluster.md): built a room at a
-//! time; today the key layout.
+//! Cluster mode on Redis (SPEC §9, docs/cluster.md): any number of nodes
+//! share users, rooms, tokens, seats and history in one Redis.
+//!
+//! - [`keys`]: every key name, with rooms in hash tags.
+//! - [`scripts`]: the Lua scripts that make each state change atomic.
+//! - [`api`]: the HTTP API and WebSocket chat on that store, sans-IO.
 
+pub mod api;
 pub mod keys;
+pub mod scripts;
+
+pub use api::{ClusterApi, ClusterCounters};

@@ -11,8 +11,6 @@ use crate::config::Config;
 use crate::http::forwarded::{self, ClientAddress};
 use crate::http::request::{Event as HttpEvent, HttpError, HttpLimits, Request, RequestParser};
 use crate::http::response::{Response, CONTINUE};
-use crate::metrics::Gauges;
-use crate::store::LogWriter;
 
 /// Pipelined requests are not parsed while this much output is unsent: a
 /// client that sends without reading must not grow our memory.
@@ -246,7 +244,7 @@ impl Reactor {
             return;
         }
         let conn_ref = conn.conn_ref(key);
-        match self.api.handle(conn_ref, &request, client.ip(), now) {
+        match self.engine.handle(conn_ref, &request, client.ip(), now) {
             Outcome::Reply(response) => self.send_reply(key, shape, response),
             Outcome::Pending => {
                 if let Protocol::Http(http) = &mut conn.protocol {
@@ -283,16 +281,7 @@ impl Reactor {
     }
 
     fn metrics_response(&self) -> Response {
-        let mut gauges = Gauges {
-            rooms: self.api.state().room_count(),
-            users: self.api.state().user_count(),
-            seats: self.api.state().seats_held(),
-            tokens: self.api.tokens().len(),
-            messages_retained: self.api.retained_messages(),
-            history_disk_bytes: self.message_log.as_ref().map_or(0, LogWriter::disk_bytes),
-            history: self.api.history_counters(),
-            ..Gauges::default()
-        };
+        let mut gauges = self.engine.gauges();
         for (_, conn) in &self.conns {
             match conn.protocol {
                 Protocol::WebSocket(_) => gauges.ws_connections += 1,

@@ -8,8 +8,10 @@
 //! connection does with its bytes depends on its protocol and lives beside
 //! it, in `http.rs` and `websocket.rs`.
 
+mod engine;
 mod http;
 mod outqueue;
+mod redis;
 mod timers;
 mod websocket;
 
@@ -29,12 +31,15 @@ use slab::Slab;
 use crate::api::{Api, ApiConfig, ConnRef, Now};
 use crate::auth::{HashPool, JobId, PasswordOutcome};
 use crate::chat::state::ChatState;
+use crate::cluster::ClusterApi;
 use crate::config::Config;
 use crate::http::response::Response;
 use crate::metrics::Metrics;
+use crate::redis::RedisUrl;
 use crate::store::{Completion, DataDir, LogEvent, LogWriter, Replayed, RoomLog, Writer};
 use signal_hook_mio::v1_0::Signals;
 
+use engine::{Cluster, Embedded, Engine, REDIS_COMMANDS, REDIS_SUBSCRIBER};
 use http::HttpConn;
 pub use outqueue::{Flushed, OutQueue, SpareRings};
 use timers::Timers;
@@ -228,15 +233,12 @@ pub struct Reactor {
     http_listener: Option<TcpListener>,
     ws_listener: Option<TcpListener>,
     config: Config,
-    api: Api,
+    engine: Engine,
     conns: Slab<Connection>,
     timers: Timers,
     next_generation: u32,
     helper_events: Receiver<HelperEvent>,
     hash_pool: HashPool,
-    writer: Option<Writer>,
-    message_log: Option<LogWriter>,
-    _data_dir: DataDir,
     stop: Arc<AtomicBool>,
     scratch: Vec<u8>,
     spare_rings: SpareRings,
@@ -260,20 +262,33 @@ pub struct ReactorParts {
     pub http_listener: TcpListener,
     pub ws_listener: TcpListener,
     pub config: Config,
-    /// Users and rooms as replayed: the chat state is built on the reactor
-    /// thread, because what it holds (shared frames) may not cross threads.
-    pub replayed: Replayed,
-    /// Each room's retained messages and last seq, as the log replayed them.
-    pub history: HashMap<String, RoomLog>,
+    pub store: StoreParts,
     pub api_config: ApiConfig,
     pub helper_events: Receiver<HelperEvent>,
     pub hash_pool: HashPool,
-    pub writer: Writer,
-    pub message_log: LogWriter,
-    pub data_dir: DataDir,
     pub stop: Arc<AtomicBool>,
     /// SIGINT/SIGTERM, when this server handles them (the binary does).
     pub signals: Option<Signals>,
+}
+
+/// Where the state lives: the data directory, or Redis.
+pub enum StoreParts {
+    Embedded {
+        /// Users and rooms as replayed: the chat state is built on the
+        /// reactor thread, because what it holds (shared frames) may not
+        /// cross threads.
+        replayed: Replayed,
+        /// Each room's retained messages and last seq, as replayed.
+        history: HashMap<String, RoomLog>,
+        writer: Writer,
+        message_log: LogWriter,
+        data_dir: DataDir,
+    },
+    Cluster {
+        url: RedisUrl,
+        /// The address `url` named, resolved at start.
+        addr: SocketAddr,
+    },
 }
 
 impl Reactor {
@@ -283,20 +298,36 @@ impl Reactor {
             mut http_listener,
             mut ws_listener,
             config,
-            replayed,
-            history,
+            store,
             api_config,
             helper_events,
             hash_pool,
-            writer,
-            message_log,
-            data_dir,
             stop,
             mut signals,
         } = parts;
-        let state = ChatState::from_replay(replayed, config.seat_ttl);
-        let mut api = Api::new(state, api_config);
-        api.restore_history(history);
+        let engine = match store {
+            StoreParts::Embedded {
+                replayed,
+                history,
+                writer,
+                message_log,
+                data_dir,
+            } => {
+                let state = ChatState::from_replay(replayed, config.seat_ttl);
+                let mut api = Api::new(state, api_config);
+                api.restore_history(history);
+                Engine::Embedded(Box::new(Embedded {
+                    api,
+                    writer: Some(writer),
+                    message_log: Some(message_log),
+                    _data_dir: data_dir,
+                }))
+            }
+            StoreParts::Cluster { url, addr } => {
+                let api = ClusterApi::new(api_config, config.seat_ttl, &url, Instant::now());
+                Engine::Cluster(Box::new(Cluster::new(api, addr)))
+            }
+        };
         poll.registry()
             .register(&mut http_listener, HTTP_LISTENER, Interest::READABLE)?;
         poll.registry()
@@ -310,15 +341,12 @@ impl Reactor {
             http_listener: Some(http_listener),
             ws_listener: Some(ws_listener),
             config,
-            api,
+            engine,
             conns: Slab::new(),
             timers: Timers::default(),
             next_generation: 0,
             helper_events,
             hash_pool,
-            writer: Some(writer),
-            message_log: Some(message_log),
-            _data_dir: data_dir,
             stop,
             scratch: vec![0; READ_CHUNK],
             spare_rings: SpareRings::default(),
@@ -343,7 +371,7 @@ impl Reactor {
                 self.begin_shutdown(Now::read());
             }
             if let Some(deadline) = self.shutdown_deadline {
-                let settled = self.conns.is_empty() && !self.api.has_pending_work();
+                let settled = self.conns.is_empty() && !self.engine.has_pending_work();
                 if settled || Instant::now() >= deadline {
                     break;
                 }
@@ -357,9 +385,14 @@ impl Reactor {
             }
             let now = Now::read();
             self.now = now;
-            self.api.tick(now);
+            self.engine.tick(now);
             for event in events.iter() {
                 match event.token() {
+                    REDIS_COMMANDS | REDIS_SUBSCRIBER => {
+                        let registry = self.poll.registry();
+                        self.engine
+                            .on_redis_ready(event, registry, &mut self.scratch, now);
+                    }
                     HTTP_LISTENER => self.accept(Listener::Http, now),
                     WS_LISTENER => self.accept(Listener::Ws, now),
                     WAKER => self.drain_helper_events(now),
@@ -417,7 +450,7 @@ impl Reactor {
             let mut listener = listener;
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        self.api.ws_close_all(now);
+        self.engine.ws_close_all(now);
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -439,12 +472,12 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.resume_reads.is_empty() || !self.dirty.is_empty() || self.api.has_outbox() {
+        if !self.resume_reads.is_empty() || !self.dirty.is_empty() || self.engine.has_outbox() {
             return Some(Duration::ZERO);
         }
         [
             self.timers.next(),
-            self.api.next_deadline(),
+            self.engine.next_deadline(),
             self.accept_paused_until,
             self.shutdown_deadline,
         ]
@@ -462,12 +495,7 @@ impl Reactor {
             self.flush_quietly(key);
             self.remove(key, "shutdown");
         }
-        if let Some(writer) = self.writer.take() {
-            writer.shutdown();
-        }
-        if let Some(log) = self.message_log.take() {
-            log.shutdown();
-        }
+        self.engine.finish();
         log::info!("stopped");
     }
 
@@ -729,22 +757,28 @@ impl Reactor {
     /// Hands this turn's chat messages to the message log; their frames
     /// wait until it reports them written.
     fn submit_messages(&mut self) {
-        while let Some((id, records)) = self.api.poll_message_append() {
-            match &self.message_log {
+        let Some(embedded) = self.engine.embedded() else {
+            return;
+        };
+        while let Some((id, records)) = embedded.api.poll_message_append() {
+            match &embedded.message_log {
                 Some(log) => log.append(id, records),
                 // Only after shutdown has stopped the log: nobody is left
                 // to deliver to.
-                None => self.api.handle_messages_written(id),
+                None => embedded.api.handle_messages_written(id),
             }
         }
     }
 
     fn on_message_log(&mut self, event: LogEvent) {
+        let Some(embedded) = self.engine.embedded() else {
+            return;
+        };
         match event {
-            LogEvent::Written { id } => self.api.handle_messages_written(id),
+            LogEvent::Written { id } => embedded.api.handle_messages_written(id),
             LogEvent::WriteFailing { id, error } => {
                 self.metrics.message_log_write_failures += 1;
-                self.api.handle_message_write_failing(id, &error);
+                embedded.api.handle_message_write_failing(id, &error);
             }
             LogEvent::Synced { micros } => self
                 .metrics
@@ -764,7 +798,8 @@ impl Reactor {
         while let Ok(event) = self.helper_events.try_recv() {
             match event {
                 HelperEvent::Password(job, outcome) => {
-                    if let Some((conn, response)) = self.api.on_password_done(job, outcome, now) {
+                    if let Some((conn, response)) = self.engine.on_password_done(job, outcome, now)
+                    {
                         self.deliver(conn, response, now);
                     }
                 }
@@ -777,7 +812,11 @@ impl Reactor {
                     if completion.result.is_err() {
                         self.metrics.storage_failures += 1;
                     }
-                    for (conn, response) in self.api.on_batch_done(completion) {
+                    let responses = match self.engine.embedded() {
+                        Some(embedded) => embedded.api.on_batch_done(completion),
+                        None => Vec::new(),
+                    };
+                    for (conn, response) in responses {
                         self.deliver(conn, response, now);
                     }
                 }
@@ -793,14 +832,17 @@ impl Reactor {
         for key in std::mem::take(&mut self.resume_reads) {
             self.on_readable(key, ReadUntil::WouldBlock, now);
         }
-        for (job, work) in self.api.take_password_jobs() {
+        for (job, work) in self.engine.take_password_jobs() {
             self.hash_pool.submit(job, work);
         }
-        if let Some((batch, records)) = self.api.take_persist_batch() {
-            if let Some(writer) = &self.writer {
-                writer.submit(batch, records);
-            }
+        for (conn, response) in self.engine.flush_work(self.poll.registry(), now) {
+            self.deliver(conn, response, now);
         }
+        if self.engine.take_drop_all_websockets() {
+            self.drop_all_websockets(now);
+        }
+        // Redis replies may have produced frames.
+        self.deliver_frames(now);
         self.spare_rings.trim(now.mono);
         // Cork: everything a connection was owed this turn leaves in one
         // vectored write.
@@ -911,7 +953,7 @@ impl Reactor {
             );
             if let Protocol::WebSocket(ws) = &conn.protocol {
                 if ws.in_chat {
-                    self.api.ws_closed(conn.conn_ref(key), self.now);
+                    self.engine.ws_closed(conn.conn_ref(key), self.now);
                 }
             }
             self.timers

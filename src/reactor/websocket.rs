@@ -97,7 +97,7 @@ impl Reactor {
                 );
                 if in_chat {
                     let conn_ref = conn.conn_ref(key);
-                    self.api.ws_open(conn_ref, token_in_query(request), now);
+                    self.engine.ws_open(conn_ref, token_in_query(request), now);
                 }
                 self.mark_dirty(key);
             }
@@ -171,7 +171,7 @@ impl Reactor {
             }
             match event {
                 WsEvent::Text(text) => match self.config.ws_mode {
-                    WsMode::Chat => self.api.ws_text(conn_ref, &text, now),
+                    WsMode::Chat => self.engine.ws_text(conn_ref, &text, now),
                     WsMode::Echo => {
                         conn.out
                             .push(ws::text_frame(text.as_bytes()), &mut self.spare_rings);
@@ -179,7 +179,7 @@ impl Reactor {
                     }
                 },
                 WsEvent::Binary(data) => match self.config.ws_mode {
-                    WsMode::Chat => self.api.ws_binary(conn_ref, now),
+                    WsMode::Chat => self.engine.ws_binary(conn_ref, now),
                     WsMode::Echo => {
                         conn.out
                             .push(ws::binary_frame(&data), &mut self.spare_rings);
@@ -238,7 +238,7 @@ impl Reactor {
         // The linger starts now and does not move (see `WsConn::deadline`).
         super::set_deadline(&mut self.timers, key, conn, Some(now.mono + super::LINGER));
         if in_chat {
-            self.api.ws_closed(conn_ref, now);
+            self.engine.ws_closed(conn_ref, now);
         }
         self.mark_dirty(key);
     }
@@ -307,11 +307,32 @@ impl Reactor {
         );
     }
 
+    /// Cluster mode lost its lease: other nodes may have released these
+    /// connections' seats, so every WebSocket is closed (1011) and its
+    /// client reconnects to a node that knows where it stands.
+    pub(super) fn drop_all_websockets(&mut self, now: Now) {
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| matches!(conn.protocol, Protocol::WebSocket(_)))
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            if let Some(Protocol::WebSocket(socket)) =
+                self.conns.get_mut(key).map(|conn| &mut conn.protocol)
+            {
+                socket.in_chat = false;
+            }
+            let frame = ws::close_frame(close_code::INTERNAL_ERROR, "cluster lease lost");
+            self.close_ws(key, frame, "cluster lease lost", now);
+        }
+    }
+
     /// Moves the API's frames into their connections' output queues. A
     /// connection too far behind is closed (1008) instead of growing.
     pub(super) fn deliver_frames(&mut self, now: Now) {
         loop {
-            self.api.swap_outbox(&mut self.outbox);
+            self.engine.swap_outbox(&mut self.outbox);
             if self.outbox.is_empty() {
                 return;
             }

@@ -519,6 +519,11 @@ impl Link {
         }
     }
 
+    /// Whether `poll_event` has anything.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// The next event, oldest first.
     pub fn poll_event(&mut self) -> Option<LinkEvent> {
         self.events.pop_front()

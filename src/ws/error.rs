@@ -16,6 +16,8 @@ pub mod close_code {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A message exceeded the configured size or fragment limits.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server met a condition that stops it serving this connection.
+    pub const INTERNAL_ERROR: u16 = 1011;
 }
 
 /// Whether `code` may appear in a close frame received from a peer.
