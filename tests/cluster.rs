@@ -294,6 +294,16 @@ fn member_names(addr: SocketAddr, room: &str) -> Vec<String> {
     names
 }
 
+/// One unlabelled sample of a node's `/metrics`, if it has it.
+fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
+    let reply = common::get(addr, "/metrics");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
 fn names(list: &[&str]) -> Vec<String> {
     let mut names: Vec<String> = list.iter().map(|s| s.to_string()).collect();
     names.sort();
@@ -869,6 +879,16 @@ fn subscribers_killed_mid_burst_lose_nothing_and_double_nothing() {
             assert_eq!(p["data"]["user"]["user_name"], "alice", "{p}");
             assert!(!is_history(p), "{user}: a live message marked history: {p}");
         }
+    }
+    // What the kill cost, for the record (it depends on timing, so it is
+    // reported, not asserted).
+    for (node, name) in [(a, "A"), (b, "B")] {
+        let read = |metric_name| metric(node.http_addr(), metric_name).unwrap_or(f64::NAN);
+        report(&format!(
+            "tests/cluster.rs: node {name} after the kill: {} refills, {} duplicates dropped",
+            read("chatroom_cluster_refills_total"),
+            read("chatroom_cluster_duplicates_dropped_total"),
+        ));
     }
     assert_eq!(views[1].1, views[0].1, "bob and alice got the same packets");
     assert_eq!(
