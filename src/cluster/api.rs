@@ -13,13 +13,14 @@
 //! packets run one at a time, in order, so a `msg` never overtakes the
 //! `join` before it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::feed::{Feed, Refill};
 use super::keys::{self, RoomKeys};
 use super::scripts::{Script, Scripts};
 use crate::api::history::{
@@ -58,9 +59,6 @@ const RECENT_KEPT: usize = 256;
 const MIN_STREAM_LEN: usize = 256;
 /// Messages one refill reads.
 const REFILL_BATCH: usize = 1000;
-/// Messages held while a refill runs; past it they are dropped and read
-/// back from the stream instead.
-const MAX_HELD: usize = 10_000;
 
 /// What this node can cache, by what a request looks up.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -142,8 +140,7 @@ enum Op {
     Quiet,
     Refill {
         room: String,
-        /// The refill covers up to here (`None`: everything there is).
-        upto: Option<u64>,
+        refill: Refill,
     },
 }
 
@@ -195,16 +192,11 @@ struct LocalRoom {
     channel: Vec<u8>,
     /// Connection, user name, and the last seq its join's history held.
     members: Vec<(ConnRef, String, u64)>,
-    /// The next seq to deliver; `None` until the first join's reply says
-    /// where the room is.
-    expected: Option<u64>,
-    /// Messages that came ahead of `expected`.
-    held: BTreeMap<u64, Rc<[u8]>>,
-    refilling: bool,
-    /// Subscribed (again): what was published before must be read back.
-    catch_up: bool,
+    feed: Feed<Rc<[u8]>>,
     /// The newest delivered messages.
     recent: VecDeque<(u64, Rc<[u8]>)>,
+    /// Joins sent and not yet answered: the room stays subscribed for them.
+    joining: usize,
 }
 
 /// Counters for `/metrics`.
@@ -265,6 +257,9 @@ pub struct ClusterApi {
     /// Connections whose head packet can run now.
     runnable: Vec<ConnRef>,
     outbox: Vec<(ConnRef, Rc<[u8]>)>,
+    /// Leaves that could not be sent while Redis was away, sent when it
+    /// is back (the script is idempotent): room, user, conn, event.
+    unsent_leaves: Vec<UnsentLeave>,
     lease_due: Option<Instant>,
     sweep_due: Option<Instant>,
     /// When the lease was last confirmed.
@@ -395,6 +390,7 @@ impl ClusterApi {
             channels: HashMap::new(),
             runnable: Vec::new(),
             outbox: Vec::new(),
+            unsent_leaves: Vec::new(),
             lease_due: None,
             sweep_due: None,
             lease_held_at: None,
@@ -409,7 +405,13 @@ impl ClusterApi {
     }
 
     pub fn counters(&self) -> ClusterCounters {
-        self.counters
+        let mut counters = self.counters;
+        counters.duplicates_dropped += self
+            .local_rooms
+            .values()
+            .map(|room| room.feed.duplicates())
+            .sum::<u64>();
+        counters
     }
 
     /// Redis answers commands on this node: `/healthz` is 200.
@@ -519,7 +521,7 @@ impl ClusterApi {
             (Role::Subscriber, LinkEvent::Subscribed { channel }) => {
                 if let Some(name) = self.channels.get(&channel).cloned() {
                     if let Some(room) = self.local_rooms.get_mut(&name) {
-                        room.catch_up = true;
+                        room.feed.catch_up();
                     }
                     self.advance(&name, now.mono);
                 }
@@ -553,13 +555,22 @@ impl ClusterApi {
     fn on_scripts_loaded(&mut self, now: Now) {
         self.ready = true;
         log::info!("Redis ready: serving");
+        for leave in std::mem::take(&mut self.unsent_leaves) {
+            self.send_leave(
+                leave.conn,
+                &leave.room,
+                &leave.user,
+                leave.mode,
+                &leave.event,
+                Op::Quiet,
+                now.mono,
+            );
+        }
         // Rooms whose refills failed while Redis was away catch up now.
         let names: Vec<String> = self.local_rooms.keys().cloned().collect();
         for name in names {
             if let Some(room) = self.local_rooms.get_mut(&name) {
-                if room.expected.is_some() {
-                    room.catch_up = true;
-                }
+                room.feed.catch_up();
             }
             self.advance(&name, now.mono);
         }
@@ -660,6 +671,7 @@ impl ClusterApi {
         self.channels.clear();
         self.node = random_node_id();
         self.lease_held_at = None;
+        self.unsent_leaves.clear();
         self.renew_lease(now);
     }
 
@@ -1157,12 +1169,7 @@ impl ClusterApi {
             let event = event_json(&user.name, &user.avatar_url);
             self.run(
                 Script::Release,
-                &[
-                    &room.seats(),
-                    &room.connections(),
-                    &room.node_connections(),
-                    &room.channel(),
-                ],
+                &[&room.seats(), &room.connections(), &room.channel()],
                 &[user.name.as_bytes(), event.as_bytes()],
                 Op::Release { conn },
                 now.mono,
@@ -1547,7 +1554,7 @@ impl ClusterApi {
                 self.packet_done(conn, now);
             }
             Op::Leave { conn } => self.packet_done(conn, now),
-            Op::Refill { room, upto } => self.on_refill(&room, upto, reply, now.mono),
+            Op::Refill { room, refill } => self.on_refill(&room, refill, reply, now.mono),
         }
     }
 
@@ -1774,6 +1781,9 @@ impl ClusterApi {
                 let event = event_json(name, avatar);
                 let origin = conn_part(conn);
                 self.subscribe(room, now.mono);
+                if let Some(local) = self.local_rooms.get_mut(room) {
+                    local.joining += 1;
+                }
                 let node_rooms = Command::new("SADD")
                     .arg(keys::node_rooms(&self.node))
                     .arg(room);
@@ -1800,7 +1810,6 @@ impl ClusterApi {
                     &[
                         &keys.seats(),
                         &keys.connections(),
-                        &keys.node_connections(),
                         &keys.seq(),
                         &keys.log(),
                         &keys.channel(),
@@ -1820,6 +1829,9 @@ impl ClusterApi {
                     now.mono,
                 );
                 if !sent {
+                    if let Some(local) = self.local_rooms.get_mut(room) {
+                        local.joining = local.joining.saturating_sub(1);
+                    }
                     self.unsubscribe_if_empty(room, now.mono);
                     return Err(PacketError::ServiceUnavailable);
                 }
@@ -1891,12 +1903,14 @@ impl ClusterApi {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Sends the LEAVE script; when Redis cannot take it now, it is kept
+    /// and sent once Redis is back (false: nothing waits for a reply).
     fn send_leave(
         &mut self,
         conn: ConnRef,
         room: &str,
         user: &str,
-        mode: &str,
+        mode: &'static str,
         event: &str,
         op: Op,
         now: Instant,
@@ -1905,14 +1919,9 @@ impl ClusterApi {
         let ttl = self.seat_ttl.as_millis().to_string();
         let node = self.node.clone();
         let origin = conn_part(conn);
-        self.run(
+        let sent = self.run(
             Script::Leave,
-            &[
-                &keys.seats(),
-                &keys.connections(),
-                &keys.node_connections(),
-                &keys.channel(),
-            ],
+            &[&keys.seats(), &keys.connections(), &keys.channel()],
             &[
                 user.as_bytes(),
                 node.as_bytes(),
@@ -1923,7 +1932,17 @@ impl ClusterApi {
             ],
             op,
             now,
-        )
+        );
+        if !sent {
+            self.unsent_leaves.push(UnsentLeave {
+                room: room.to_string(),
+                user: user.to_string(),
+                conn,
+                mode,
+                event: event.to_string(),
+            });
+        }
+        sent
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1938,10 +1957,16 @@ impl ClusterApi {
         reply: Option<Reply>,
         now: Now,
     ) {
+        if let Some(local) = self.local_rooms.get_mut(&room) {
+            local.joining = local.joining.saturating_sub(1);
+        }
         let items = reply.as_ref().and_then(Reply::as_array);
         let Some(items) = items else {
-            // No answer: the seat may or may not be taken; the member list
-            // is what Redis says, and this connection is not in the room.
+            // No answer: the join may or may not have run. This connection
+            // is not in the room, so its trace (if any) is taken back; the
+            // leave is idempotent.
+            let event = event_json(&echo.user_name, &echo.user_avatar);
+            self.send_leave(conn, &room, &user.name, "drop", &event, Op::Quiet, now.mono);
             self.unsubscribe_if_empty(&room, now.mono);
             self.emit(
                 conn,
@@ -2002,8 +2027,8 @@ impl ClusterApi {
         }
         let local = self.local_rooms.entry(room.clone()).or_default();
         local.members.push((conn, user.name.clone(), last));
-        match local.expected {
-            None => local.expected = Some(last + 1),
+        match local.feed.next_seq() {
+            None => local.feed.start_after(last),
             Some(expected) => {
                 // Messages this node delivered before the joiner was a
                 // member and after its history ended.
@@ -2076,17 +2101,14 @@ impl ClusterApi {
     }
 
     fn unsubscribe_if_empty(&mut self, room: &str, now: Instant) {
-        let empty = self
+        // A join still out for this room keeps it.
+        let unused = self
             .local_rooms
             .get(room)
-            .is_some_and(|r| r.members.is_empty());
-        // A join still out for this room keeps it.
-        let joining = self
-            .ops
-            .values()
-            .any(|op| matches!(op, Op::Join { room: r, .. } if r == room));
-        if empty && !joining {
+            .is_some_and(|r| r.members.is_empty() && r.joining == 0);
+        if unused {
             if let Some(local) = self.local_rooms.remove(room) {
+                self.counters.duplicates_dropped += local.feed.duplicates();
                 let _ = self.subscriber.unsubscribe(&local.channel, now);
                 self.channels.remove(&local.channel);
             }
@@ -2127,16 +2149,7 @@ impl ClusterApi {
                 let Some(local) = self.local_rooms.get_mut(&room) else {
                     return;
                 };
-                if local.expected.is_some_and(|expected| seq < expected) {
-                    self.counters.duplicates_dropped += 1;
-                    return;
-                }
-                if local.held.len() >= MAX_HELD {
-                    // Read back from the stream instead.
-                    local.held.clear();
-                    local.catch_up = true;
-                }
-                local.held.insert(seq, frame);
+                local.feed.on_message(seq, frame);
                 self.advance(&room, now.mono);
             }
             Some(b'e') => self.on_user_event(&room, &payload[1..]),
@@ -2203,106 +2216,58 @@ impl ClusterApi {
 
     /// Delivers what is next in seq order; starts a refill at a gap.
     fn advance(&mut self, room_name: &str, now: Instant) {
+        let can_refill = self.is_serving();
         let Some(room) = self.local_rooms.get_mut(room_name) else {
             return;
         };
-        let Some(mut expected) = room.expected else {
-            return;
-        };
-        if room.refilling {
-            return;
-        }
-        let mut deliveries = Vec::new();
-        while let Some(entry) = room.held.first_entry() {
-            let seq = *entry.key();
-            if seq < expected {
-                entry.remove();
-                self.counters.duplicates_dropped += 1;
-            } else if seq == expected {
-                let frame = entry.remove();
-                deliveries.push((seq, frame));
-                expected += 1;
-            } else {
-                break;
-            }
-        }
-        room.expected = Some(expected);
-        for (seq, frame) in deliveries {
+        let mut ready = Vec::new();
+        let refill = room.feed.poll(can_refill, &mut ready);
+        for (seq, frame) in ready {
             deliver(room, &mut self.outbox, seq, frame);
         }
-        let gap = room.held.first_key_value().map(|(seq, _)| *seq);
-        let refill = match (gap, room.catch_up) {
-            (Some(next), false) => Some(Some(next - 1)),
-            (_, true) => Some(None),
-            (None, false) => None,
-        };
-        let Some(upto) = refill else {
+        let Some(refill) = refill else {
             return;
         };
-        if !self.ready || !self.commands.is_up() {
-            // Redis is away: the room catches up when it returns.
-            room.catch_up = true;
-            return;
-        }
-        room.catch_up = false;
-        room.refilling = true;
-        let end = match upto {
-            Some(upto) => format!("{upto}-0"),
-            None => "+".to_string(),
+        let (from, to) = match refill {
+            Refill::Gap { from, to } => (from, format!("{to}-0")),
+            Refill::After { from } => (from, "+".to_string()),
         };
         let command = Command::new("XRANGE")
             .arg(RoomKeys::new(room_name).log())
-            .arg(format!("{expected}-0"))
-            .arg(end)
+            .arg(format!("{from}-0"))
+            .arg(to)
             .arg("COUNT")
             .arg_int(REFILL_BATCH as i64);
         self.counters.refills += 1;
         let op = Op::Refill {
             room: room_name.to_string(),
-            upto,
+            refill,
         };
         if !self.send(command, op, now) {
             if let Some(room) = self.local_rooms.get_mut(room_name) {
-                room.refilling = false;
-                room.catch_up = true;
+                room.feed.refill_failed();
             }
         }
     }
 
-    fn on_refill(
-        &mut self,
-        room_name: &str,
-        upto: Option<u64>,
-        reply: Option<Reply>,
-        now: Instant,
-    ) {
+    fn on_refill(&mut self, room_name: &str, refill: Refill, reply: Option<Reply>, now: Instant) {
         let Some(room) = self.local_rooms.get_mut(room_name) else {
             return;
         };
-        room.refilling = false;
         let Some(reply) = reply.filter(|r| !matches!(r, Reply::Error(_))) else {
-            room.catch_up = true;
+            room.feed.refill_failed();
             return;
         };
-        let entries = stream_entries(&reply);
-        let full_batch = entries.len() >= REFILL_BATCH;
-        let mut expected = room.expected.unwrap_or(1);
-        for (seq, payload) in entries {
-            if seq < expected {
-                continue;
-            }
-            let frame = packet::frame_from_payload(&payload);
+        let entries: Vec<(u64, Rc<[u8]>)> = stream_entries(&reply)
+            .into_iter()
+            .map(|(seq, payload)| (seq, packet::frame_from_payload(&payload)))
+            .collect();
+        let cut_short = entries.len() >= REFILL_BATCH;
+        let mut ready = Vec::new();
+        room.feed.on_refill(refill, entries, cut_short, &mut ready);
+        for (seq, frame) in ready {
             deliver(room, &mut self.outbox, seq, frame);
-            expected = seq + 1;
         }
-        if full_batch {
-            // More than one batch behind: read on.
-            room.catch_up = upto.is_none() || room.catch_up;
-        } else if let Some(upto) = upto {
-            // What the stream no longer holds is gone for everyone.
-            expected = expected.max(upto + 1);
-        }
-        room.expected = Some(expected);
         self.advance(room_name, now);
     }
 
@@ -2317,6 +2282,16 @@ impl ClusterApi {
     fn emit(&mut self, conn: ConnRef, frame: Rc<[u8]>) {
         self.outbox.push((conn, frame));
     }
+}
+
+/// A LEAVE to send once Redis is back.
+#[derive(Debug)]
+struct UnsentLeave {
+    room: String,
+    user: String,
+    conn: ConnRef,
+    mode: &'static str,
+    event: String,
 }
 
 /// What a handler did: answered (or started the work of answering), or

@@ -74,14 +74,9 @@ impl RoomKeys {
         format!("{}:seats", self.tag)
     }
 
-    /// user → all of that user's connections in the room, on any node.
+    /// `<node>|<conn>` → user: every WebSocket connection in the room.
     pub fn connections(&self) -> String {
         format!("{}:conns", self.tag)
-    }
-
-    /// `user|node` → that node's connections of the user in the room.
-    pub fn node_connections(&self) -> String {
-        format!("{}:nconns", self.tag)
     }
 
     /// The room's last seq.

@@ -6,6 +6,11 @@
 //! one seq. Scripts are loaded with SCRIPT LOAD when the command link comes
 //! up and called with EVALSHA.
 //!
+//! Connections (`chat:{r:<room>}:conns`, `<node>|<conn>` → user): one
+//! field per WebSocket connection in the room, so that every change to
+//! them is idempotent — a leave sent twice, or for a join whose reply was
+//! lost, removes what is there and nothing else.
+//!
 //! Seat values (`chat:{r:<room>}:seats`, user → integer):
 //! - `0`: held, with connections;
 //! - `t > 0`: held without connections until `t` (Unix ms, Redis clock);
@@ -44,6 +49,13 @@ local function purge(seats, user, now)
     end
   end
   return held, mine
+end
+-- Whether `user` has a connection in the room, on any node.
+local function connected(conns, user)
+  for _, u in ipairs(redis.call('HVALS', conns)) do
+    if u == user then return true end
+  end
+  return false
 end
 local function escape(name)
   return (string.gsub(name, '[%%{}]', function(c)
@@ -90,7 +102,7 @@ return 1
 
 /// A WebSocket join: the seat and the connection in one step, against the
 /// capacity, then the history the joiner is owed.
-/// KEYS: seats, conns, node conns, seq, log, channel.
+/// KEYS: seats, conns, seq, log, channel.
 /// ARGV: user, capacity, node, conn, event json, history size,
 ///       mode (`newest` or `since`), n or since, most recovered.
 /// Returns {0} when full, else {1, kind, last seq, first retained seq,
@@ -102,12 +114,11 @@ if not (mine ~= nil and mine >= 0) and held >= tonumber(ARGV[2]) then return {0}
 local kind = 'join'
 if held == 0 then kind = 'create' end
 redis.call('HSET', KEYS[1], ARGV[1], 0)
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-redis.call('HINCRBY', KEYS[3], ARGV[1] .. '|' .. ARGV[3], 1)
-redis.call('PUBLISH', KEYS[6], 'e' .. kind .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
-local last = tonumber(redis.call('GET', KEYS[4]) or '0')
+redis.call('HSET', KEYS[2], ARGV[3] .. '|' .. ARGV[4], ARGV[1])
+redis.call('PUBLISH', KEYS[5], 'e' .. kind .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
+local last = tonumber(redis.call('GET', KEYS[3]) or '0')
 local first = last + 1
-local oldest = redis.call('XRANGE', KEYS[5], '-', '+', 'COUNT', 1)
+local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
 if #oldest > 0 then first = tonumber(string.match(oldest[1][1], '^(%d+)')) end
 first = math.max(first, last + 1 - tonumber(ARGV[6]))
 local from
@@ -120,7 +131,7 @@ else
 end
 local out = {1, kind, last, first}
 if from <= last then
-  local entries = redis.call('XRANGE', KEYS[5], from .. '-0', last .. '-0')
+  local entries = redis.call('XRANGE', KEYS[4], from .. '-0', last .. '-0')
   for _, e in ipairs(entries) do out[#out + 1] = e[2][2] end
 end
 return out
@@ -141,27 +152,26 @@ return seq
 
 /// A connection leaves a room (WebSocket `leave`, or dropped). The leave is
 /// published; when it was the user's last connection anywhere, the seat is
-/// freed (`leave`: with the memo) or kept for the TTL (`drop`).
-/// KEYS: seats, conns, node conns, channel.
+/// freed (`leave`: with the memo) or kept for the TTL (`drop`). A
+/// connection that is not there (already left, or its join never ran)
+/// changes nothing: -1.
+/// KEYS: seats, conns, channel.
 /// ARGV: user, node, conn, mode, seat TTL in ms, event json.
 const LEAVE: &str = r#"
+if redis.call('HDEL', KEYS[2], ARGV[2] .. '|' .. ARGV[3]) == 0 then return -1 end
 local now = now_ms()
-local field = ARGV[1] .. '|' .. ARGV[2]
-if redis.call('HINCRBY', KEYS[3], field, -1) <= 0 then redis.call('HDEL', KEYS[3], field) end
-local total = redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
-if total <= 0 then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-    local until_ms = now + tonumber(ARGV[5])
-    if ARGV[4] == 'leave' then until_ms = -until_ms end
-    redis.call('HSET', KEYS[1], ARGV[1], until_ms)
-  end
+local others = connected(KEYS[2], ARGV[1])
+if not others and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  local until_ms = now + tonumber(ARGV[5])
+  if ARGV[4] == 'leave' then until_ms = -until_ms end
+  redis.call('HSET', KEYS[1], ARGV[1], until_ms)
 end
-redis.call('PUBLISH', KEYS[4], 'eleave ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[6])
-return total
+redis.call('PUBLISH', KEYS[3], 'eleave ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[6])
+if others then return 1 end
+return 0
 "#;
 
-/// `/chatroom/room` status 0. KEYS: seats, conns, node conns, channel.
+/// `/chatroom/room` status 0. KEYS: seats, conns, channel.
 /// ARGV: user, event json. 1 = released (connections evicted everywhere),
 /// 2 = the seat went with a recent WebSocket leave, 0 = no seat.
 const RELEASE: &str = r#"
@@ -175,13 +185,11 @@ if v < 0 then
   return 0
 end
 if v > 0 and v <= now then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-local fields = redis.call('HKEYS', KEYS[3])
-for _, f in ipairs(fields) do
-  local bar = string.find(f, '|[^|]*$')
-  if bar and string.sub(f, 1, bar - 1) == ARGV[1] then redis.call('HDEL', KEYS[3], f) end
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if all[i + 1] == ARGV[1] then redis.call('HDEL', KEYS[2], all[i]) end
 end
-redis.call('PUBLISH', KEYS[4], 'x' .. ARGV[2])
+redis.call('PUBLISH', KEYS[3], 'x' .. ARGV[2])
 return 1
 "#;
 
@@ -210,12 +218,14 @@ return out
 const MEMBERS: &str = r#"
 local now = now_ms()
 local all = redis.call('HGETALL', KEYS[1])
+local present = {}
+for _, u in ipairs(redis.call('HVALS', KEYS[2])) do present[u] = true end
 local out = {}
 for i = 1, #all, 2 do
   local v = tonumber(all[i + 1])
   if v == 0 or v > now then
     local online = 0
-    if tonumber(redis.call('HGET', KEYS[2], all[i]) or '0') > 0 then online = 1 end
+    if present[all[i]] then online = 1 end
     out[#out + 1] = all[i]
     out[#out + 1] = online
     out[#out + 1] = redis.call('GET', ARGV[1] .. '{users}:name:' .. escape(all[i]))
@@ -241,19 +251,20 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     local rooms_key = p .. '{nodes}:' .. id .. ':rooms'
     for _, room in ipairs(redis.call('SMEMBERS', rooms_key)) do
       local tag = p .. '{r:' .. escape(room) .. '}'
-      local nc = redis.call('HGETALL', tag .. ':nconns')
-      local suffix = '|' .. id
-      for i = 1, #nc, 2 do
-        local f = nc[i]
-        if string.sub(f, -#suffix) == suffix then
-          local user = string.sub(f, 1, #f - #suffix)
-          redis.call('HDEL', tag .. ':nconns', f)
-          local total = redis.call('HINCRBY', tag .. ':conns', user, -tonumber(nc[i + 1]))
-          if total <= 0 then
-            redis.call('HDEL', tag .. ':conns', user)
-            if redis.call('HDEL', tag .. ':seats', user) == 1 then released = released + 1 end
-            redis.call('PUBLISH', tag .. ':ch', 'eleave - - ' .. cjson.encode({u = user, a = ''}))
-          end
+      local conns = tag .. ':conns'
+      local all = redis.call('HGETALL', conns)
+      local prefix = id .. '|'
+      local users = {}
+      for i = 1, #all, 2 do
+        if string.sub(all[i], 1, #prefix) == prefix then
+          redis.call('HDEL', conns, all[i])
+          users[all[i + 1]] = true
+        end
+      end
+      for user in pairs(users) do
+        if not connected(conns, user) then
+          if redis.call('HDEL', tag .. ':seats', user) == 1 then released = released + 1 end
+          redis.call('PUBLISH', tag .. ':ch', 'eleave - - ' .. cjson.encode({u = user, a = ''}))
         end
       end
     end
