@@ -2,9 +2,12 @@
 //! (`TestServer`, on free ports and a temporary data directory) with calls
 //! on its HTTP API, an independent HTTP client (ureq) for ordinary endpoint
 //! calls, and a small raw-socket client for framing edge cases. WebSocket
-//! clients are in `ws_common`, which adds them to `TestServer`.
+//! clients are in `ws_common`, which adds them to `TestServer`; a real
+//! redis-server and cluster nodes on it are in `redis`.
 
 #![allow(dead_code)]
+
+pub mod redis;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
