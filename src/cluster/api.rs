@@ -131,6 +131,7 @@ enum Op {
     },
     Publish {
         conn: ConnRef,
+        room: String,
         echo: Echo,
     },
     Leave {
@@ -197,6 +198,10 @@ struct LocalRoom {
     recent: VecDeque<(u64, Rc<[u8]>)>,
     /// Joins sent and not yet answered: the room stays subscribed for them.
     joining: usize,
+    /// Senders whose message has its seq and is not delivered here yet:
+    /// their next packet waits, so that what a connection receives follows
+    /// the order of what it sent, as in the embedded mode.
+    senders: Vec<(ConnRef, u64)>,
 }
 
 /// Counters for `/metrics`.
@@ -526,7 +531,7 @@ impl ClusterApi {
                     if let Some(room) = self.local_rooms.get_mut(&name) {
                         room.feed.catch_up();
                     }
-                    self.advance(&name, now.mono);
+                    self.advance(&name, now);
                 }
             }
             (Role::Subscriber, LinkEvent::Up) => self.subscriber_up = true,
@@ -578,7 +583,7 @@ impl ClusterApi {
             if let Some(room) = self.local_rooms.get_mut(&name) {
                 room.feed.catch_up();
             }
-            self.advance(&name, now.mono);
+            self.advance(&name, now);
         }
         self.renew_lease(now.mono);
     }
@@ -1550,17 +1555,25 @@ impl ClusterApi {
                 claimed_avatar,
                 user,
             } => self.on_joined(conn, room, since, echo, claimed_avatar, user, reply, now),
-            Op::Publish { conn, echo } => {
-                if failed || reply.as_ref().and_then(Reply::as_integer).is_none() {
+            Op::Publish { conn, room, echo } => {
+                let seq = reply.as_ref().and_then(Reply::as_integer).filter(|_| !failed);
+                let Some(seq) = seq else {
                     self.emit(
                         conn,
                         packet::error_frame(PacketError::ServiceUnavailable, &echo),
                     );
+                    self.packet_done(conn, now);
+                    return;
+                };
+                match self.local_rooms.get_mut(&room) {
+                    Some(local) if local.feed.next_seq().is_none_or(|next| next <= seq as u64) => {
+                        local.senders.push((conn, seq as u64));
+                    }
+                    _ => self.packet_done(conn, now),
                 }
-                self.packet_done(conn, now);
             }
             Op::Leave { conn } => self.packet_done(conn, now),
-            Op::Refill { room, refill } => self.on_refill(&room, refill, reply, now.mono),
+            Op::Refill { room, refill } => self.on_refill(&room, refill, reply, now),
         }
     }
 
@@ -1891,6 +1904,7 @@ impl ClusterApi {
                     .to_string();
                 let op = Op::Publish {
                     conn,
+                    room: room.to_string(),
                     echo: echo_of(packet),
                 };
                 if self.run(
@@ -2049,7 +2063,7 @@ impl ClusterApi {
                 }
             }
         }
-        self.advance(&room, now.mono);
+        self.advance(&room, now);
         self.packet_done(conn, now);
     }
 
@@ -2156,10 +2170,10 @@ impl ClusterApi {
                     return;
                 };
                 local.feed.on_message(seq, frame);
-                self.advance(&room, now.mono);
+                self.advance(&room, now);
             }
             Some(b'e') => self.on_user_event(&room, &payload[1..]),
-            Some(b'x') => self.on_evicted(&room, &payload[1..], now.mono),
+            Some(b'x') => self.on_evicted(&room, &payload[1..], now),
             _ => log::debug!("unknown event on {room:?}"),
         }
     }
@@ -2194,7 +2208,7 @@ impl ClusterApi {
     }
 
     /// `x<json>`: the user's seat was released by HTTP.
-    fn on_evicted(&mut self, room: &str, json: &[u8], now: Instant) {
+    fn on_evicted(&mut self, room: &str, json: &[u8], now: Now) {
         let Ok(user) = serde_json::from_slice::<EventUser>(json) else {
             return;
         };
@@ -2212,16 +2226,30 @@ impl ClusterApi {
             .map(|(conn, _, _)| *conn)
             .collect();
         local.members.retain(|(_, name, _)| *name != user.u);
+        // Its own message will not be delivered to it here any more.
+        let mut released = Vec::new();
+        local.senders.retain(|(conn, _)| {
+            let out = evicted.contains(conn);
+            if out {
+                released.push(*conn);
+            }
+            !out
+        });
         for conn in evicted {
             if let Some(session) = self.sessions.get_mut(&conn) {
                 session.rooms.retain(|r| r != room);
             }
         }
-        self.unsubscribe_if_empty(room, now);
+        for conn in released {
+            self.finish_packet(conn);
+            self.runnable.push(conn);
+        }
+        self.unsubscribe_if_empty(room, now.mono);
+        self.run_sessions(now);
     }
 
     /// Delivers what is next in seq order; starts a refill at a gap.
-    fn advance(&mut self, room_name: &str, now: Instant) {
+    fn advance(&mut self, room_name: &str, now: Now) {
         let can_refill = self.is_serving();
         let Some(room) = self.local_rooms.get_mut(room_name) else {
             return;
@@ -2230,6 +2258,28 @@ impl ClusterApi {
         let refill = room.feed.poll(can_refill, &mut ready);
         for (seq, frame) in ready {
             deliver(room, &mut self.outbox, seq, frame);
+        }
+        let next = room.feed.next_seq();
+        let members = &room.members;
+        let mut done = Vec::new();
+        room.senders.retain(|(conn, seq)| {
+            let delivered = next.is_some_and(|next| next > *seq);
+            let gone = !members.iter().any(|(member, _, _)| member == conn);
+            if delivered || gone {
+                done.push(*conn);
+            }
+            !(delivered || gone)
+        });
+        if !done.is_empty() {
+            for conn in done {
+                self.finish_packet(conn);
+                self.runnable.push(conn);
+            }
+            self.run_sessions(now);
+        }
+        // A released packet may have been a leave that closed the room.
+        if !self.local_rooms.contains_key(room_name) {
+            return;
         }
         let Some(refill) = refill else {
             return;
@@ -2249,14 +2299,14 @@ impl ClusterApi {
             room: room_name.to_string(),
             refill,
         };
-        if !self.send(command, op, now) {
+        if !self.send(command, op, now.mono) {
             if let Some(room) = self.local_rooms.get_mut(room_name) {
                 room.feed.refill_failed();
             }
         }
     }
 
-    fn on_refill(&mut self, room_name: &str, refill: Refill, reply: Option<Reply>, now: Instant) {
+    fn on_refill(&mut self, room_name: &str, refill: Refill, reply: Option<Reply>, now: Now) {
         let Some(room) = self.local_rooms.get_mut(room_name) else {
             return;
         };

@@ -186,10 +186,15 @@ if v < 0 then
 end
 if v > 0 and v <= now then return 0 end
 local all = redis.call('HGETALL', KEYS[2])
+local evicted = false
 for i = 1, #all, 2 do
-  if all[i + 1] == ARGV[1] then redis.call('HDEL', KEYS[2], all[i]) end
+  if all[i + 1] == ARGV[1] then
+    redis.call('HDEL', KEYS[2], all[i])
+    evicted = true
+  end
 end
-redis.call('PUBLISH', KEYS[3], 'x' .. ARGV[2])
+-- The room hears of it only when connections were put out of it.
+if evicted then redis.call('PUBLISH', KEYS[3], 'x' .. ARGV[2]) end
 return 1
 "#;
 
