@@ -45,7 +45,9 @@ use crate::store::{RoomRecord, UserRecord};
 /// Rooms one connection may be in at once (as in the embedded mode).
 const MAX_ROOMS_PER_CONNECTION: usize = crate::api::MAX_ROOMS_PER_CONNECTION;
 /// Packets a connection may have waiting behind the one in flight.
-const MAX_QUEUED_PACKETS: usize = 256;
+const MAX_QUEUED_PACKETS: usize = 4096;
+/// Bytes of packets a connection may have waiting.
+const MAX_QUEUED_BYTES: usize = 1024 * 1024;
 /// Lease: held for this long, renewed this often; dead nodes are swept
 /// this often (docs/cluster.md, "Dead nodes": 10 + 5 + a round trip < 20 s).
 const LEASE: Duration = Duration::from_secs(10);
@@ -182,9 +184,20 @@ struct Session {
     /// Packets waiting, each with whether it was within the rate when it
     /// came.
     queue: VecDeque<(String, bool)>,
+    queued_bytes: usize,
     /// A lookup or command for the packet at the head of `queue` is out.
     busy: bool,
     looked_up: Vec<Lookup>,
+}
+
+impl Session {
+    fn pop_packet(&mut self) -> Option<(String, bool)> {
+        let head = self.queue.pop_front();
+        if let Some((text, _)) = &head {
+            self.queued_bytes -= text.len();
+        }
+        head
+    }
 }
 
 /// A room with members on this node.
@@ -213,6 +226,10 @@ pub struct ClusterCounters {
     pub lease_losses: u64,
     pub redis_reconnects: u64,
     pub ops_failed: u64,
+    pub recoveries_complete: u64,
+    pub recoveries_incomplete: u64,
+    /// `msg`s answered "service unavailable" (Redis away).
+    pub messages_refused: u64,
 }
 
 /// The user record as Redis holds it.
@@ -884,7 +901,7 @@ impl ClusterApi {
                         if answered {
                             session.looked_up.push(lookup.clone());
                         } else {
-                            let text = session.queue.pop_front();
+                            let text = session.pop_packet();
                             session.looked_up.clear();
                             if let Some((text, _)) = text {
                                 let echo = packet::parse(&text)
@@ -1180,7 +1197,12 @@ impl ClusterApi {
             let event = event_json(&user.name, &user.avatar_url);
             self.run(
                 Script::Release,
-                &[&room.seats(), &room.connections(), &room.channel()],
+                &[
+                    &room.seats(),
+                    &room.connections(),
+                    &room.channel(),
+                    &room.avatars(),
+                ],
                 &[user.name.as_bytes(), event.as_bytes()],
                 Op::Release { conn },
                 now.mono,
@@ -1279,7 +1301,7 @@ impl ClusterApi {
         let prefix = keys::KEY_PREFIX;
         if self.run(
             Script::Members,
-            &[&keys.seats(), &keys.connections()],
+            &[&keys.seats(), &keys.connections(), &keys.avatars()],
             &[prefix.as_bytes()],
             Op::Members { conn, room: name },
             now.mono,
@@ -1556,8 +1578,12 @@ impl ClusterApi {
                 user,
             } => self.on_joined(conn, room, since, echo, claimed_avatar, user, reply, now),
             Op::Publish { conn, room, echo } => {
-                let seq = reply.as_ref().and_then(Reply::as_integer).filter(|_| !failed);
+                let seq = reply
+                    .as_ref()
+                    .and_then(Reply::as_integer)
+                    .filter(|_| !failed);
                 let Some(seq) = seq else {
+                    self.counters.messages_refused += 1;
                     self.emit(
                         conn,
                         packet::error_frame(PacketError::ServiceUnavailable, &echo),
@@ -1589,6 +1615,7 @@ impl ClusterApi {
             rooms: Vec::new(),
             bucket: RateBucket::new(self.config.chat.ws_burst, now.mono),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             busy: false,
             looked_up: Vec::new(),
         };
@@ -1612,7 +1639,11 @@ impl ClusterApi {
             return;
         };
         let within_rate = session.bucket.take(rate, burst, now.mono);
-        if session.queue.len() >= MAX_QUEUED_PACKETS {
+        // Packets wait only behind Redis round trips; a client that sends
+        // far faster than those (with the rate limit off) is told so.
+        if session.queue.len() >= MAX_QUEUED_PACKETS
+            || session.queued_bytes + text.len() > MAX_QUEUED_BYTES
+        {
             let echo = packet::parse(text)
                 .map(|p| Echo {
                     user_name: p.user_name,
@@ -1623,6 +1654,7 @@ impl ClusterApi {
             self.emit(conn, packet::error_frame(PacketError::RateLimited, &echo));
             return;
         }
+        session.queued_bytes += text.len();
         session.queue.push_back((text.to_string(), within_rate));
         if !session.busy {
             self.runnable.push(conn);
@@ -1690,7 +1722,7 @@ impl ClusterApi {
     /// The head packet is done with.
     fn finish_packet(&mut self, conn: ConnRef) {
         if let Some(session) = self.sessions.get_mut(&conn) {
-            session.queue.pop_front();
+            session.pop_packet();
             session.looked_up.clear();
             session.busy = false;
         }
@@ -1821,7 +1853,7 @@ impl ClusterApi {
                     room: room.to_string(),
                     since: packet.since,
                     echo,
-                    claimed_avatar: claimed,
+                    claimed_avatar: claimed.clone(),
                     user: Rc::clone(&user),
                 };
                 let sent = self.run(
@@ -1832,6 +1864,7 @@ impl ClusterApi {
                         &keys.seq(),
                         &keys.log(),
                         &keys.channel(),
+                        &keys.avatars(),
                     ],
                     &[
                         user.name.as_bytes(),
@@ -1843,6 +1876,7 @@ impl ClusterApi {
                         mode.as_bytes(),
                         n.as_bytes(),
                         most.as_bytes(),
+                        claimed.as_bytes(),
                     ],
                     op,
                     now.mono,
@@ -1890,6 +1924,7 @@ impl ClusterApi {
                     return Err(PacketError::RateLimited);
                 }
                 if !self.is_serving() {
+                    self.counters.messages_refused += 1;
                     return Err(PacketError::ServiceUnavailable);
                 }
                 let (name, avatar) = display(&user, &claimed);
@@ -1916,6 +1951,7 @@ impl ClusterApi {
                 ) {
                     Ok(Wait::Yes)
                 } else {
+                    self.counters.messages_refused += 1;
                     Err(PacketError::ServiceUnavailable)
                 }
             }
@@ -2033,10 +2069,13 @@ impl ClusterApi {
                 .max(first)
                 .max((last + 1).saturating_sub(MAX_RECOVERY as u64));
             if since < last && from != wanted_from {
+                self.counters.recoveries_incomplete += 1;
                 self.emit(
                     conn,
                     packet::history_incomplete_frame(&echo, since, from, last),
                 );
+            } else {
+                self.counters.recoveries_complete += 1;
             }
         }
         for item in items.iter().skip(4) {
@@ -2450,28 +2489,17 @@ fn history_response(room: &str, entries: &[(u64, Vec<u8>)], has_more: bool) -> R
 impl ClusterApi {
     fn members_response(&self, room: &str, items: &[Reply]) -> Response {
         let mut rows: Vec<(String, String, bool)> = items
-            .chunks(3)
+            .chunks(4)
             .filter_map(|row| {
                 let name = text(row.first()?)?.to_string();
                 let online = row.get(1)?.as_integer()? == 1;
-                let registered = row.get(2).and_then(decode_user);
-                let claimed = || {
-                    self.local_rooms
-                        .get(room)
-                        .and_then(|local| {
-                            local
-                                .members
-                                .iter()
-                                .filter(|(_, member, _)| *member == name)
-                                .find_map(|(conn, _, _)| self.sessions.get(conn))
-                        })
-                        .map(|session| session.claimed_avatar.clone())
-                        .unwrap_or_default()
-                };
-                let avatar = match registered {
-                    Some(user) if !user.avatar_url.is_empty() => user.avatar_url,
-                    Some(_) => claimed(),
-                    None => return None,
+                let registered = row.get(2).and_then(decode_user)?;
+                // What the room's packets show for this user: the
+                // registered avatar, else the one their connection claimed.
+                let avatar = if registered.avatar_url.is_empty() {
+                    row.get(3).and_then(text).unwrap_or_default().to_string()
+                } else {
+                    registered.avatar_url
                 };
                 Some((name, avatar, online))
             })

@@ -57,10 +57,7 @@ pub fn cluster_env() -> bool {
 /// runs against a cluster and the test should end here.
 pub fn embedded_only(why: &str) -> bool {
     if cluster_env() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "not run against the cluster ({why})"
-        );
+        let _ = writeln!(std::io::stderr(), "not run against the cluster ({why})");
         return true;
     }
     false
@@ -214,6 +211,15 @@ impl TestServer {
     /// The WebSocket chat listener.
     pub fn ws_addr(&self) -> SocketAddr {
         self.node().ws_addr()
+    }
+
+    /// Every node's HTTP API, for what each counts on its own (metrics).
+    pub fn each_http_addr(&self) -> Vec<SocketAddr> {
+        [Some(&self.server), self.second.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(RunningServer::http_addr)
+            .collect()
     }
 
     /// Whether this is the two-node cluster of `CHATROOM_TEST_CLUSTER=1`.
