@@ -1092,3 +1092,102 @@ fn the_test_redis_keeps_acknowledged_writes_across_kill_9() {
         "1) 1) \"1-0\"\n   2) 1) \"f\"\n      2) \"x\""
     );
 }
+
+/// SIGTERM: the node releases its seats before it exits (docs/cluster.md,
+/// "Dead nodes"), so nobody waits out its lease: by the time the process
+/// is gone, the other nodes already list the room without its user, and
+/// the room has heard the `leave`.
+#[test]
+fn a_node_stopped_by_sigterm_releases_its_seats_before_it_exits() {
+    let Some(redis) = redis_for("a_node_stopped_by_sigterm_releases_its_seats_before_it_exits")
+    else {
+        return;
+    };
+    let a = TestServer::start_node(&redis.url());
+    let mut leaving = NodeProcess::start(&redis.url(), &[]);
+    a.register("alice", "");
+    a.register("carol", "");
+    a.create_room("r");
+    let mut alice = a.client();
+    join(&mut alice, "alice", "r");
+    let mut carol = Client::connect(leaving.ws, "/");
+    join(&mut carol, "carol", "r");
+    let p = next(&mut alice, "carol's join");
+    assert_eq!(p["data"]["msg"], "join", "{p}");
+    assert_eq!(member_names(a.http_addr(), "r"), names(&["alice", "carol"]));
+
+    let status = leaving.terminate();
+    assert!(
+        status.success(),
+        "the node exits cleanly on SIGTERM: {status}"
+    );
+    // No waiting here: the seat went before the process exited.
+    assert_eq!(member_names(a.http_addr(), "r"), names(&["alice"]));
+    assert_eq!(
+        redis.integer(&["SCARD", "chat:{nodes}:all"]),
+        1,
+        "the stopped node took itself out of the node set"
+    );
+    let p = next(&mut alice, "carol's leave");
+    assert_eq!(p["data"]["user"]["user_name"], "carol", "{p}");
+    assert_eq!(p["data"]["msg"], "leave", "{p}");
+}
+
+/// The three Redis settings the promises rest on are checked at start; a
+/// missing one is a warning that names the promise it breaks (SPEC §9).
+#[test]
+fn a_redis_without_the_documented_settings_is_named_in_warnings() {
+    let Some(redis) = redis_for("a_redis_without_the_documented_settings_is_named_in_warnings")
+    else {
+        return;
+    };
+    let good = NodeProcess::start(&redis.url(), &[]);
+    redis.command(&["CONFIG", "SET", "appendfsync", "everysec"]);
+    redis.command(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let bad = NodeProcess::start(&redis.url(), &[]);
+    let warned = |node: &NodeProcess, setting: &str| {
+        node.log_text()
+            .lines()
+            .any(|line| line.contains("WARN") && line.contains(&format!("Redis {setting} is")))
+    };
+    eventually("warnings about appendfsync and maxmemory-policy", || {
+        warned(&bad, "appendfsync") && warned(&bad, "maxmemory-policy")
+    });
+    let log = bad.log_text();
+    assert!(log.contains("survives a power loss"), "{log}");
+    assert!(log.contains("eviction"), "{log}");
+    assert!(!warned(&bad, "appendonly"), "appendonly is yes: {log}");
+    for setting in ["appendonly", "appendfsync", "maxmemory-policy"] {
+        assert!(!warned(&good, setting), "{}", good.log_text());
+    }
+}
+
+/// `/metrics` of a cluster node says whether Redis answers it, and what
+/// its delivery had to repair.
+#[test]
+fn cluster_metrics_follow_redis() {
+    let Some(mut redis) = redis_for("cluster_metrics_follow_redis") else {
+        return;
+    };
+    let a = TestServer::start_node(&redis.url());
+    assert_eq!(metric(a.http_addr(), "chatroom_redis_up"), Some(1.0));
+    for name in [
+        "chatroom_redis_reconnects_total",
+        "chatroom_cluster_refills_total",
+        "chatroom_cluster_duplicates_dropped_total",
+        "chatroom_cluster_seats_swept_total",
+        "chatroom_cluster_lease_losses_total",
+    ] {
+        assert!(metric(a.http_addr(), name).is_some(), "{name} is missing");
+    }
+    redis.kill9();
+    wait_healthz(a.http_addr(), 503, "the node without Redis");
+    assert_eq!(metric(a.http_addr(), "chatroom_redis_up"), Some(0.0));
+    redis.restart();
+    wait_healthz(a.http_addr(), 200, "the node with Redis back");
+    assert_eq!(metric(a.http_addr(), "chatroom_redis_up"), Some(1.0));
+    assert_eq!(
+        metric(a.http_addr(), "chatroom_redis_reconnects_total"),
+        Some(1.0)
+    );
+}

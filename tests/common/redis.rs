@@ -503,6 +503,17 @@ impl NodeProcess {
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// SIGTERM, then wait for the process to exit (it has then done what
+    /// its graceful shutdown does).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid, which `wait` has not
+        // reaped yet, so it cannot name another process.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        self.child.wait().expect("wait for the node")
+    }
 }
 
 impl Drop for NodeProcess {
