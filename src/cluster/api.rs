@@ -552,10 +552,9 @@ impl ClusterApi {
                 }
             }
             (Role::Subscriber, LinkEvent::Up) => self.subscriber_up = true,
-            (Role::Subscriber, LinkEvent::Down { reason, .. }) => {
-                if std::mem::take(&mut self.subscriber_up) {
-                    log::warn!("Redis subscriber link down ({reason}); reconnecting");
-                }
+            (Role::Subscriber, LinkEvent::Down { reason, .. }) if self.subscriber_up => {
+                self.subscriber_up = false;
+                log::warn!("Redis subscriber link down ({reason}); reconnecting");
             }
             _ => {}
         }
