@@ -1020,7 +1020,6 @@ fn history_parameters_are_checked() {
 #[test]
 fn since_recovers_exactly_what_was_missed_or_says_what_is_gone() {
     let server = server_with(|c| c.chat.history_size = 20);
-    let addr = server.http_addr();
     server.register("talker", "");
     server.register("x", "");
     server.create_room("r");
