@@ -44,7 +44,15 @@ fn start_server(args: &Args, max_connections: usize, default_argon2: bool) -> Se
 fn mode_note(report: &mut Report, args: &Args) {
     if args.redis {
         report.field("nodes", args.nodes);
-        report.field("note", format!("redis nodes={}", args.nodes));
+        let mut note = format!("redis nodes={}", args.nodes);
+        if let (Some(cpus), true) = (&args.node_cpus, args.pin) {
+            let cpus: Vec<String> = cpus.iter().map(usize::to_string).collect();
+            note.push_str(&format!(" node-cpus={}", cpus.join("+")));
+        }
+        if let (Some(cpu), true) = (args.redis_cpu, args.pin) {
+            note.push_str(&format!(" redis-cpu={cpu}"));
+        }
+        report.field("note", note);
     }
 }
 
