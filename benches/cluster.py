@@ -10,7 +10,7 @@ import csv
 import statistics
 import sys
 
-KEYS = ["members", "senders", "window", "offered_rate", "note"]
+KEYS = ["rooms", "members", "senders", "window", "offered_rate", "note"]
 FIGURES = [
     ("deliveries_per_s", "deliveries/s", "{:,.0f}"),
     ("msgs_per_s", "msgs/s", "{:,.0f}"),
@@ -21,9 +21,9 @@ FIGURES = [
     ("server_us_per_op", "server ns/delivery", "{:.0f}"),
     ("node_cpu_pct", "node CPU %", "{:.0f}"),
     ("node_ns_per_delivery", "node ns/delivery", "{:.0f}"),
-    ("node_us_per_msg", "node µs/msg", "{:.0f}"),
+    ("node_us_per_msg", "node µs/msg", "{:.1f}"),
     ("redis_cpu_pct", "Redis CPU %", "{:.1f}"),
-    ("redis_us_per_msg", "Redis µs/msg", "{:.0f}"),
+    ("redis_us_per_msg", "Redis µs/msg", "{:.1f}"),
     ("lost", "lost", "{:.0f}"),
 ]
 

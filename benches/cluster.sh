@@ -4,7 +4,7 @@
 # nodes (members split 500/500) on a redis-server of the run's own, runs
 # interleaved (embedded, 1 node, 2 nodes, …) so drift hits all alike;
 # medians by benches/cluster.py. Needs redis-server (apt-get install
-# redis-server). Pinning: every node and Redis on CPU 0, the generator on
+# redis-server); about 15 minutes. Pinning: every node and Redis on CPU 0, the generator on
 # CPU 1, except the "node-cpus=0+1" rows (node 1 beside the generator).
 #   benches/cluster.sh            # RUNS=3, SECONDS_PER_RUN=5
 set -uo pipefail
@@ -42,6 +42,9 @@ for _ in $(seq "$runs"); do
             bench fanout $shape --redis --nodes 2
         }
     done
+    # Many small rooms, every member sending: Redis's share of the work.
+    bench fanout --rooms 10 --members 10 --senders 10 --window 16 --redis --nodes 1
+    bench fanout --rooms 10 --members 10 --senders 10 --window 16 --redis --nodes 2
     # Two nodes on two cores (node 1 shares CPU 1 with the generator).
     bench fanout --rate 100 --redis --nodes 2 --node-cpus 0,1 --redis-cpu 0
     bench fanout --senders 16 --window 1 --redis --nodes 2 --node-cpus 0,1 --redis-cpu 0
