@@ -14,6 +14,8 @@
 //! link's clock forward instead of sleeping: the link is sans-IO, so its
 //! time is whatever the driver says.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -34,26 +36,10 @@ use tempfile::TempDir;
 /// net against a hang, far above anything the tests need.
 const SAFETY: Duration = Duration::from_secs(60);
 
-/// Whether redis-server can be run. Without it: a failure under CI, a
-/// clear skip message elsewhere.
+/// Whether redis-server can be run (the rule is `common::redis`'s: a
+/// failure under CI, a loud SKIPPED line elsewhere).
 fn redis_server_installed(test: &str) -> bool {
-    let installed = Process::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !installed {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("redis-server is not installed, and CI=true: CI must install it (apt-get install -y redis-server)");
-        }
-        // Straight to the stderr handle: the test harness captures
-        // eprintln!, and a skip nobody sees is the failure mode to avoid.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\nSKIPPED tests/redis_link.rs {test}: redis-server is not installed \
-             (apt-get install -y redis-server to run it)"
-        );
-    }
-    installed
+    common::redis::redis_server_installed(&format!("tests/redis_link.rs {test}"))
 }
 
 /// A redis-server child process, killed (SIGKILL) when dropped.

@@ -45,7 +45,9 @@ use crate::store::{RoomRecord, UserRecord};
 /// Rooms one connection may be in at once (as in the embedded mode).
 const MAX_ROOMS_PER_CONNECTION: usize = crate::api::MAX_ROOMS_PER_CONNECTION;
 /// Packets a connection may have waiting behind the one in flight.
-const MAX_QUEUED_PACKETS: usize = 256;
+const MAX_QUEUED_PACKETS: usize = 4096;
+/// Bytes of packets a connection may have waiting.
+const MAX_QUEUED_BYTES: usize = 1024 * 1024;
 /// Lease: held for this long, renewed this often; dead nodes are swept
 /// this often (docs/cluster.md, "Dead nodes": 10 + 5 + a round trip < 20 s).
 const LEASE: Duration = Duration::from_secs(10);
@@ -131,6 +133,7 @@ enum Op {
     },
     Publish {
         conn: ConnRef,
+        room: String,
         echo: Echo,
     },
     Leave {
@@ -181,9 +184,20 @@ struct Session {
     /// Packets waiting, each with whether it was within the rate when it
     /// came.
     queue: VecDeque<(String, bool)>,
+    queued_bytes: usize,
     /// A lookup or command for the packet at the head of `queue` is out.
     busy: bool,
     looked_up: Vec<Lookup>,
+}
+
+impl Session {
+    fn pop_packet(&mut self) -> Option<(String, bool)> {
+        let head = self.queue.pop_front();
+        if let Some((text, _)) = &head {
+            self.queued_bytes -= text.len();
+        }
+        head
+    }
 }
 
 /// A room with members on this node.
@@ -197,6 +211,10 @@ struct LocalRoom {
     recent: VecDeque<(u64, Rc<[u8]>)>,
     /// Joins sent and not yet answered: the room stays subscribed for them.
     joining: usize,
+    /// Senders whose message has its seq and is not delivered here yet:
+    /// their next packet waits, so that what a connection receives follows
+    /// the order of what it sent, as in the embedded mode.
+    senders: Vec<(ConnRef, u64)>,
 }
 
 /// Counters for `/metrics`.
@@ -208,6 +226,10 @@ pub struct ClusterCounters {
     pub lease_losses: u64,
     pub redis_reconnects: u64,
     pub ops_failed: u64,
+    pub recoveries_complete: u64,
+    pub recoveries_incomplete: u64,
+    /// `msg`s answered "service unavailable" (Redis away).
+    pub messages_refused: u64,
 }
 
 /// The user record as Redis holds it.
@@ -235,6 +257,8 @@ pub struct ClusterApi {
     subscriber: Link,
     /// Scripts loaded on the current command connection.
     ready: bool,
+    /// The subscriber link is connected (for logging its loss once).
+    subscriber_up: bool,
     loading: usize,
     settings_checked: bool,
     next_tag: Tag,
@@ -369,6 +393,7 @@ impl ClusterApi {
             commands: Link::new(commands_config, now),
             subscriber: Link::new(subscriber_config, now),
             ready: false,
+            subscriber_up: false,
             loading: 0,
             settings_checked: false,
             next_tag: 1,
@@ -523,11 +548,13 @@ impl ClusterApi {
                     if let Some(room) = self.local_rooms.get_mut(&name) {
                         room.feed.catch_up();
                     }
-                    self.advance(&name, now.mono);
+                    self.advance(&name, now);
                 }
             }
-            (Role::Subscriber, LinkEvent::Down { reason, .. }) => {
-                log::warn!("Redis subscriber link down ({reason})");
+            (Role::Subscriber, LinkEvent::Up) => self.subscriber_up = true,
+            (Role::Subscriber, LinkEvent::Down { reason, .. }) if self.subscriber_up => {
+                self.subscriber_up = false;
+                log::warn!("Redis subscriber link down ({reason}); reconnecting");
             }
             _ => {}
         }
@@ -572,7 +599,7 @@ impl ClusterApi {
             if let Some(room) = self.local_rooms.get_mut(&name) {
                 room.feed.catch_up();
             }
-            self.advance(&name, now.mono);
+            self.advance(&name, now);
         }
         self.renew_lease(now.mono);
     }
@@ -873,7 +900,7 @@ impl ClusterApi {
                         if answered {
                             session.looked_up.push(lookup.clone());
                         } else {
-                            let text = session.queue.pop_front();
+                            let text = session.pop_packet();
                             session.looked_up.clear();
                             if let Some((text, _)) = text {
                                 let echo = packet::parse(&text)
@@ -1169,7 +1196,12 @@ impl ClusterApi {
             let event = event_json(&user.name, &user.avatar_url);
             self.run(
                 Script::Release,
-                &[&room.seats(), &room.connections(), &room.channel()],
+                &[
+                    &room.seats(),
+                    &room.connections(),
+                    &room.channel(),
+                    &room.avatars(),
+                ],
                 &[user.name.as_bytes(), event.as_bytes()],
                 Op::Release { conn },
                 now.mono,
@@ -1268,7 +1300,7 @@ impl ClusterApi {
         let prefix = keys::KEY_PREFIX;
         if self.run(
             Script::Members,
-            &[&keys.seats(), &keys.connections()],
+            &[&keys.seats(), &keys.connections(), &keys.avatars()],
             &[prefix.as_bytes()],
             Op::Members { conn, room: name },
             now.mono,
@@ -1544,17 +1576,29 @@ impl ClusterApi {
                 claimed_avatar,
                 user,
             } => self.on_joined(conn, room, since, echo, claimed_avatar, user, reply, now),
-            Op::Publish { conn, echo } => {
-                if failed || reply.as_ref().and_then(Reply::as_integer).is_none() {
+            Op::Publish { conn, room, echo } => {
+                let seq = reply
+                    .as_ref()
+                    .and_then(Reply::as_integer)
+                    .filter(|_| !failed);
+                let Some(seq) = seq else {
+                    self.counters.messages_refused += 1;
                     self.emit(
                         conn,
                         packet::error_frame(PacketError::ServiceUnavailable, &echo),
                     );
+                    self.packet_done(conn, now);
+                    return;
+                };
+                match self.local_rooms.get_mut(&room) {
+                    Some(local) if local.feed.next_seq().is_none_or(|next| next <= seq as u64) => {
+                        local.senders.push((conn, seq as u64));
+                    }
+                    _ => self.packet_done(conn, now),
                 }
-                self.packet_done(conn, now);
             }
             Op::Leave { conn } => self.packet_done(conn, now),
-            Op::Refill { room, refill } => self.on_refill(&room, refill, reply, now.mono),
+            Op::Refill { room, refill } => self.on_refill(&room, refill, reply, now),
         }
     }
 
@@ -1570,6 +1614,7 @@ impl ClusterApi {
             rooms: Vec::new(),
             bucket: RateBucket::new(self.config.chat.ws_burst, now.mono),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             busy: false,
             looked_up: Vec::new(),
         };
@@ -1593,7 +1638,11 @@ impl ClusterApi {
             return;
         };
         let within_rate = session.bucket.take(rate, burst, now.mono);
-        if session.queue.len() >= MAX_QUEUED_PACKETS {
+        // Packets wait only behind Redis round trips; a client that sends
+        // far faster than those (with the rate limit off) is told so.
+        if session.queue.len() >= MAX_QUEUED_PACKETS
+            || session.queued_bytes + text.len() > MAX_QUEUED_BYTES
+        {
             let echo = packet::parse(text)
                 .map(|p| Echo {
                     user_name: p.user_name,
@@ -1604,6 +1653,7 @@ impl ClusterApi {
             self.emit(conn, packet::error_frame(PacketError::RateLimited, &echo));
             return;
         }
+        session.queued_bytes += text.len();
         session.queue.push_back((text.to_string(), within_rate));
         if !session.busy {
             self.runnable.push(conn);
@@ -1671,7 +1721,7 @@ impl ClusterApi {
     /// The head packet is done with.
     fn finish_packet(&mut self, conn: ConnRef) {
         if let Some(session) = self.sessions.get_mut(&conn) {
-            session.queue.pop_front();
+            session.pop_packet();
             session.looked_up.clear();
             session.busy = false;
         }
@@ -1802,7 +1852,7 @@ impl ClusterApi {
                     room: room.to_string(),
                     since: packet.since,
                     echo,
-                    claimed_avatar: claimed,
+                    claimed_avatar: claimed.clone(),
                     user: Rc::clone(&user),
                 };
                 let sent = self.run(
@@ -1813,6 +1863,7 @@ impl ClusterApi {
                         &keys.seq(),
                         &keys.log(),
                         &keys.channel(),
+                        &keys.avatars(),
                     ],
                     &[
                         user.name.as_bytes(),
@@ -1824,6 +1875,7 @@ impl ClusterApi {
                         mode.as_bytes(),
                         n.as_bytes(),
                         most.as_bytes(),
+                        claimed.as_bytes(),
                     ],
                     op,
                     now.mono,
@@ -1871,6 +1923,7 @@ impl ClusterApi {
                     return Err(PacketError::RateLimited);
                 }
                 if !self.is_serving() {
+                    self.counters.messages_refused += 1;
                     return Err(PacketError::ServiceUnavailable);
                 }
                 let (name, avatar) = display(&user, &claimed);
@@ -1885,6 +1938,7 @@ impl ClusterApi {
                     .to_string();
                 let op = Op::Publish {
                     conn,
+                    room: room.to_string(),
                     echo: echo_of(packet),
                 };
                 if self.run(
@@ -1896,6 +1950,7 @@ impl ClusterApi {
                 ) {
                     Ok(Wait::Yes)
                 } else {
+                    self.counters.messages_refused += 1;
                     Err(PacketError::ServiceUnavailable)
                 }
             }
@@ -2013,10 +2068,13 @@ impl ClusterApi {
                 .max(first)
                 .max((last + 1).saturating_sub(MAX_RECOVERY as u64));
             if since < last && from != wanted_from {
+                self.counters.recoveries_incomplete += 1;
                 self.emit(
                     conn,
                     packet::history_incomplete_frame(&echo, since, from, last),
                 );
+            } else {
+                self.counters.recoveries_complete += 1;
             }
         }
         for item in items.iter().skip(4) {
@@ -2043,7 +2101,7 @@ impl ClusterApi {
                 }
             }
         }
-        self.advance(&room, now.mono);
+        self.advance(&room, now);
         self.packet_done(conn, now);
     }
 
@@ -2150,10 +2208,10 @@ impl ClusterApi {
                     return;
                 };
                 local.feed.on_message(seq, frame);
-                self.advance(&room, now.mono);
+                self.advance(&room, now);
             }
             Some(b'e') => self.on_user_event(&room, &payload[1..]),
-            Some(b'x') => self.on_evicted(&room, &payload[1..], now.mono),
+            Some(b'x') => self.on_evicted(&room, &payload[1..], now),
             _ => log::debug!("unknown event on {room:?}"),
         }
     }
@@ -2188,7 +2246,7 @@ impl ClusterApi {
     }
 
     /// `x<json>`: the user's seat was released by HTTP.
-    fn on_evicted(&mut self, room: &str, json: &[u8], now: Instant) {
+    fn on_evicted(&mut self, room: &str, json: &[u8], now: Now) {
         let Ok(user) = serde_json::from_slice::<EventUser>(json) else {
             return;
         };
@@ -2206,16 +2264,30 @@ impl ClusterApi {
             .map(|(conn, _, _)| *conn)
             .collect();
         local.members.retain(|(_, name, _)| *name != user.u);
+        // Its own message will not be delivered to it here any more.
+        let mut released = Vec::new();
+        local.senders.retain(|(conn, _)| {
+            let out = evicted.contains(conn);
+            if out {
+                released.push(*conn);
+            }
+            !out
+        });
         for conn in evicted {
             if let Some(session) = self.sessions.get_mut(&conn) {
                 session.rooms.retain(|r| r != room);
             }
         }
-        self.unsubscribe_if_empty(room, now);
+        for conn in released {
+            self.finish_packet(conn);
+            self.runnable.push(conn);
+        }
+        self.unsubscribe_if_empty(room, now.mono);
+        self.run_sessions(now);
     }
 
     /// Delivers what is next in seq order; starts a refill at a gap.
-    fn advance(&mut self, room_name: &str, now: Instant) {
+    fn advance(&mut self, room_name: &str, now: Now) {
         let can_refill = self.is_serving();
         let Some(room) = self.local_rooms.get_mut(room_name) else {
             return;
@@ -2224,6 +2296,28 @@ impl ClusterApi {
         let refill = room.feed.poll(can_refill, &mut ready);
         for (seq, frame) in ready {
             deliver(room, &mut self.outbox, seq, frame);
+        }
+        let next = room.feed.next_seq();
+        let members = &room.members;
+        let mut done = Vec::new();
+        room.senders.retain(|(conn, seq)| {
+            let delivered = next.is_some_and(|next| next > *seq);
+            let gone = !members.iter().any(|(member, _, _)| member == conn);
+            if delivered || gone {
+                done.push(*conn);
+            }
+            !(delivered || gone)
+        });
+        if !done.is_empty() {
+            for conn in done {
+                self.finish_packet(conn);
+                self.runnable.push(conn);
+            }
+            self.run_sessions(now);
+        }
+        // A released packet may have been a leave that closed the room.
+        if !self.local_rooms.contains_key(room_name) {
+            return;
         }
         let Some(refill) = refill else {
             return;
@@ -2243,14 +2337,14 @@ impl ClusterApi {
             room: room_name.to_string(),
             refill,
         };
-        if !self.send(command, op, now) {
+        if !self.send(command, op, now.mono) {
             if let Some(room) = self.local_rooms.get_mut(room_name) {
                 room.feed.refill_failed();
             }
         }
     }
 
-    fn on_refill(&mut self, room_name: &str, refill: Refill, reply: Option<Reply>, now: Instant) {
+    fn on_refill(&mut self, room_name: &str, refill: Refill, reply: Option<Reply>, now: Now) {
         let Some(room) = self.local_rooms.get_mut(room_name) else {
             return;
         };
@@ -2394,28 +2488,17 @@ fn history_response(room: &str, entries: &[(u64, Vec<u8>)], has_more: bool) -> R
 impl ClusterApi {
     fn members_response(&self, room: &str, items: &[Reply]) -> Response {
         let mut rows: Vec<(String, String, bool)> = items
-            .chunks(3)
+            .chunks(4)
             .filter_map(|row| {
                 let name = text(row.first()?)?.to_string();
                 let online = row.get(1)?.as_integer()? == 1;
-                let registered = row.get(2).and_then(decode_user);
-                let claimed = || {
-                    self.local_rooms
-                        .get(room)
-                        .and_then(|local| {
-                            local
-                                .members
-                                .iter()
-                                .filter(|(_, member, _)| *member == name)
-                                .find_map(|(conn, _, _)| self.sessions.get(conn))
-                        })
-                        .map(|session| session.claimed_avatar.clone())
-                        .unwrap_or_default()
-                };
-                let avatar = match registered {
-                    Some(user) if !user.avatar_url.is_empty() => user.avatar_url,
-                    Some(_) => claimed(),
-                    None => return None,
+                let registered = row.get(2).and_then(decode_user)?;
+                // What the room's packets show for this user: the
+                // registered avatar, else the one their connection claimed.
+                let avatar = if registered.avatar_url.is_empty() {
+                    row.get(3).and_then(text).unwrap_or_default().to_string()
+                } else {
+                    registered.avatar_url
                 };
                 Some((name, avatar, online))
             })

@@ -79,6 +79,12 @@ impl RoomKeys {
         format!("{}:conns", self.tag)
     }
 
+    /// user → the avatar their connection claimed at its join, shown where
+    /// they registered none.
+    pub fn avatars(&self) -> String {
+        format!("{}:avatars", self.tag)
+    }
+
     /// The room's last seq.
     pub fn seq(&self) -> String {
         format!("{}:seq", self.tag)

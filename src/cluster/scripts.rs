@@ -102,9 +102,10 @@ return 1
 
 /// A WebSocket join: the seat and the connection in one step, against the
 /// capacity, then the history the joiner is owed.
-/// KEYS: seats, conns, seq, log, channel.
+/// KEYS: seats, conns, seq, log, channel, avatars.
 /// ARGV: user, capacity, node, conn, event json, history size,
-///       mode (`newest` or `since`), n or since, most recovered.
+///       mode (`newest` or `since`), n or since, most recovered, the
+///       avatar the connection claims.
 /// Returns {0} when full, else {1, kind, last seq, first retained seq,
 /// packet...}.
 const JOIN: &str = r#"
@@ -115,6 +116,7 @@ local kind = 'join'
 if held == 0 then kind = 'create' end
 redis.call('HSET', KEYS[1], ARGV[1], 0)
 redis.call('HSET', KEYS[2], ARGV[3] .. '|' .. ARGV[4], ARGV[1])
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[6], ARGV[1], ARGV[10]) end
 redis.call('PUBLISH', KEYS[5], 'e' .. kind .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
 local last = tonumber(redis.call('GET', KEYS[3]) or '0')
 local first = last + 1
@@ -171,7 +173,7 @@ if others then return 1 end
 return 0
 "#;
 
-/// `/chatroom/room` status 0. KEYS: seats, conns, channel.
+/// `/chatroom/room` status 0. KEYS: seats, conns, channel, avatars.
 /// ARGV: user, event json. 1 = released (connections evicted everywhere),
 /// 2 = the seat went with a recent WebSocket leave, 0 = no seat.
 const RELEASE: &str = r#"
@@ -185,11 +187,17 @@ if v < 0 then
   return 0
 end
 if v > 0 and v <= now then return 0 end
+redis.call('HDEL', KEYS[4], ARGV[1])
 local all = redis.call('HGETALL', KEYS[2])
+local evicted = false
 for i = 1, #all, 2 do
-  if all[i + 1] == ARGV[1] then redis.call('HDEL', KEYS[2], all[i]) end
+  if all[i + 1] == ARGV[1] then
+    redis.call('HDEL', KEYS[2], all[i])
+    evicted = true
+  end
 end
-redis.call('PUBLISH', KEYS[3], 'x' .. ARGV[2])
+-- The room hears of it only when connections were put out of it.
+if evicted then redis.call('PUBLISH', KEYS[3], 'x' .. ARGV[2]) end
 return 1
 "#;
 
@@ -213,8 +221,9 @@ end
 return out
 "#;
 
-/// `/chatroom/members`. KEYS: seats, conns. ARGV: key prefix.
-/// Returns {name, online (0/1), user record or false, ...}.
+/// `/chatroom/members`. KEYS: seats, conns, avatars. ARGV: key prefix.
+/// Returns {name, online (0/1), user record or false, claimed avatar or
+/// false, ...}.
 const MEMBERS: &str = r#"
 local now = now_ms()
 local all = redis.call('HGETALL', KEYS[1])
@@ -229,6 +238,7 @@ for i = 1, #all, 2 do
     out[#out + 1] = all[i]
     out[#out + 1] = online
     out[#out + 1] = redis.call('GET', ARGV[1] .. '{users}:name:' .. escape(all[i]))
+    out[#out + 1] = redis.call('HGET', KEYS[3], all[i])
   end
 end
 return out
@@ -264,6 +274,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
       for user in pairs(users) do
         if not connected(conns, user) then
           if redis.call('HDEL', tag .. ':seats', user) == 1 then released = released + 1 end
+          redis.call('HDEL', tag .. ':avatars', user)
           redis.call('PUBLISH', tag .. ':ch', 'eleave - - ' .. cjson.encode({u = user, a = ''}))
         end
       end

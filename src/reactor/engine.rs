@@ -253,6 +253,11 @@ impl Engine {
             },
             Engine::Cluster(c) => Gauges {
                 rooms: c.api.local_rooms(),
+                history: crate::api::HistoryCounters {
+                    recoveries_complete: c.api.counters().recoveries_complete,
+                    recoveries_incomplete: c.api.counters().recoveries_incomplete,
+                    messages_refused: c.api.counters().messages_refused,
+                },
                 cluster: Some(c.api.counters()),
                 redis_up: c.api.is_serving(),
                 ..Gauges::default()

@@ -2,9 +2,12 @@
 //! (`TestServer`, on free ports and a temporary data directory) with calls
 //! on its HTTP API, an independent HTTP client (ureq) for ordinary endpoint
 //! calls, and a small raw-socket client for framing edge cases. WebSocket
-//! clients are in `ws_common`, which adds them to `TestServer`.
+//! clients are in `ws_common`, which adds them to `TestServer`; a real
+//! redis-server and cluster nodes on it are in `redis`.
 
 #![allow(dead_code)]
+
+pub mod redis;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -42,6 +45,24 @@ pub fn test_config(dir: &Path) -> Config {
     }
 }
 
+/// `CHATROOM_TEST_CLUSTER=1`: every `TestServer` is two cluster nodes on
+/// a Redis of its own, and calls alternate between them, so the embedded
+/// suites check that a cluster answers as one server (SPEC §9).
+pub fn cluster_env() -> bool {
+    std::env::var("CHATROOM_TEST_CLUSTER").as_deref() == Ok("1")
+}
+
+/// For a test of what only the embedded mode has (its data directory, its
+/// files, its single process): true, with a note on stderr, when the suite
+/// runs against a cluster and the test should end here.
+pub fn embedded_only(why: &str) -> bool {
+    if cluster_env() {
+        let _ = writeln!(std::io::stderr(), "not run against the cluster ({why})");
+        return true;
+    }
+    false
+}
+
 /// The first phone number `TestServer::register` hands out.
 const FIRST_TEL: u64 = 13_800_000_000;
 
@@ -49,8 +70,15 @@ const FIRST_TEL: u64 = 13_800_000_000;
 /// Dropping it stops the server (errors ignored); `stop` insists on a clean
 /// stop.
 pub struct TestServer {
-    // Field order matters: the server stops before its directory goes.
+    // Field order matters: the servers stop before their directory and
+    // their Redis go.
     server: RunningServer,
+    /// Under `CHATROOM_TEST_CLUSTER=1` (see `cluster_env`): the second
+    /// node of a two-node cluster, and the Redis both run on.
+    second: Option<RunningServer>,
+    redis: Option<redis::RedisServer>,
+    /// Which node the next `http_addr` / `ws_addr` names.
+    turn: std::sync::atomic::AtomicUsize,
     /// The data directory, unless the configuration was pointed elsewhere.
     pub dir: TempDir,
     /// One client for the helper calls below, so they reuse a connection
@@ -87,13 +115,49 @@ impl TestServer {
         tweak: impl FnOnce(&mut Config),
         next_tel: u64,
     ) -> Result<TestServer, StartError> {
+        TestServer::launch_on(dir, tweak, next_tel, None)
+    }
+
+    fn launch_on(
+        dir: TempDir,
+        tweak: impl FnOnce(&mut Config),
+        next_tel: u64,
+        redis: Option<redis::RedisServer>,
+    ) -> Result<TestServer, StartError> {
         let mut config = test_config(dir.path());
         tweak(&mut config);
+        // The embedded suites once more, on two cluster nodes: every call
+        // below alternates between them.
+        let redis = match redis {
+            Some(redis) => Some(redis),
+            None if cluster_env() && config.redis.is_none() => {
+                Some(redis::RedisServer::start_temp())
+            }
+            None => None,
+        };
+        let mut second = None;
+        if let Some(redis) = &redis {
+            let url = chatroom::redis::RedisUrl::parse(&redis.url()).expect("a redis url");
+            config.redis = Some(url);
+            second = Some(
+                Server::bind(config.clone())?
+                    .spawn()
+                    .expect("spawn the second node"),
+            );
+        }
         let server = Server::bind(config)?
             .spawn()
             .expect("spawn the reactor thread");
+        for node in [Some(&server), second.as_ref()].into_iter().flatten() {
+            if redis.is_some() {
+                redis::wait_healthz(node.http_addr(), 200, "a cluster node");
+            }
+        }
         Ok(TestServer {
             server,
+            second,
+            redis,
+            turn: std::sync::atomic::AtomicUsize::new(0),
             dir,
             agent: agent(),
             next_tel: AtomicU64::new(next_tel),
@@ -102,9 +166,22 @@ impl TestServer {
 
     /// Stops the server and hands back its data directory.
     pub fn stop(self) -> TempDir {
-        let TestServer { server, dir, .. } = self;
+        self.stop_keeping_redis().0
+    }
+
+    fn stop_keeping_redis(self) -> (TempDir, Option<redis::RedisServer>) {
+        let TestServer {
+            server,
+            second,
+            redis,
+            dir,
+            ..
+        } = self;
         server.stop().expect("server stops cleanly");
-        dir
+        if let Some(second) = second {
+            second.stop().expect("the second node stops cleanly");
+        }
+        (dir, redis)
     }
 
     /// Stops the server (a clean shutdown: pending writes finish) and
@@ -113,18 +190,41 @@ impl TestServer {
     /// registered after the restart do not collide with earlier ones.
     pub fn restart_with(self, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let next_tel = self.next_tel.load(Ordering::Relaxed);
-        let dir = self.stop();
-        TestServer::launch(dir, tweak, next_tel).expect("the restarted server starts")
+        let (dir, redis) = self.stop_keeping_redis();
+        TestServer::launch_on(dir, tweak, next_tel, redis).expect("the restarted server starts")
+    }
+
+    /// The node the next call goes to: the one node, or in turn each of
+    /// a cluster's two.
+    fn node(&self) -> &RunningServer {
+        match &self.second {
+            Some(second) if self.turn.fetch_add(1, Ordering::Relaxed) % 2 == 1 => second,
+            _ => &self.server,
+        }
     }
 
     /// The HTTP API (which also upgrades to WebSocket at `/ws`).
     pub fn http_addr(&self) -> SocketAddr {
-        self.server.http_addr()
+        self.node().http_addr()
     }
 
     /// The WebSocket chat listener.
     pub fn ws_addr(&self) -> SocketAddr {
-        self.server.ws_addr()
+        self.node().ws_addr()
+    }
+
+    /// Every node's HTTP API, for what each counts on its own (metrics).
+    pub fn each_http_addr(&self) -> Vec<SocketAddr> {
+        [Some(&self.server), self.second.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(RunningServer::http_addr)
+            .collect()
+    }
+
+    /// Whether this is the two-node cluster of `CHATROOM_TEST_CLUSTER=1`.
+    pub fn is_cluster(&self) -> bool {
+        self.second.is_some()
     }
 
     pub fn url(&self, path: &str) -> String {
