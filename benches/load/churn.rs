@@ -80,7 +80,7 @@ pub fn run(server: &Server, clients: usize, warmup: Duration, seconds: Duration)
             hist.clear();
             mark = Some((CpuMark::now(server), cycles_total));
         }
-        if let Some((begin, cycles_at)) = mark {
+        if let Some((begin, cycles_at)) = &mark {
             if now >= started + warmup + seconds {
                 break (begin.since(&CpuMark::now(server)), cycles_total - cycles_at);
             }

@@ -19,7 +19,7 @@ use crate::hist::{Histogram, Latency};
 use crate::login::LoginLoad;
 use crate::net;
 use crate::server::{CpuMark, CpuUse, Server};
-use crate::swarm::{Handler, Swarm};
+use crate::swarm::{Handler, Joins, Swarm};
 
 #[derive(Clone, Debug)]
 pub struct FanoutParams {
@@ -57,6 +57,9 @@ pub struct PhaseResult {
     pub login_ops: u64,
     pub login_failures: u64,
     pub login_latency: Latency,
+    /// Deliveries in the measured window to members of node 0, 1, … (one
+    /// entry for a single server).
+    pub deliveries_by_node: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +72,9 @@ pub struct FanoutOutcome {
     pub problems: Vec<String>,
     pub drained: bool,
     pub behind: u64,
+    /// Cluster mode: `user` packets received during the joins minus what
+    /// one embedded server sends (see `Swarm::join_rooms`).
+    pub join_announcements_delta: i64,
 }
 
 struct Sender {
@@ -97,6 +103,9 @@ struct State {
     measuring: bool,
     hist: Histogram,
     window_deliveries: u64,
+    /// The node each connection is on, and the window's deliveries by node.
+    node_of: Vec<u8>,
+    window_by_node: Vec<u64>,
     delivered: u64,
     problems: Vec<String>,
     problem_count: u64,
@@ -142,6 +151,7 @@ impl State {
         self.delivered += 1;
         if self.measuring {
             self.window_deliveries += 1;
+            self.window_by_node[self.node_of[conn] as usize] += 1;
             self.hist.record(self.now_ns.saturating_sub(sent_ns));
         }
         let members = self.members;
@@ -265,7 +275,19 @@ pub fn run(
     crate::server::register_users(server, &names);
     crate::server::create_rooms(server, &rooms, params.members);
     let mut swarm = Swarm::new();
-    swarm.join_rooms(server, &rooms, params.members, usize::MAX, user)?;
+    // Members go to the nodes round-robin, so each room's first member (a
+    // sender) is on node 0.
+    let nodes = server.ws_addrs();
+    let joins = if server.is_cluster() {
+        Joins::Answered
+    } else {
+        Joins::Counted
+    };
+    let join_announcements_delta =
+        swarm.join_rooms(&nodes, &rooms, params.members, usize::MAX, joins, user)?;
+    let node_of: Vec<u8> = (0..params.rooms * params.members)
+        .map(|i| ((i % params.members) % nodes.len()) as u8)
+        .collect();
 
     let senders_per_room = params.senders.clamp(1, params.members);
     let ring = match params.rate {
@@ -310,6 +332,8 @@ pub fn run(
         measuring: false,
         hist: Histogram::new(),
         window_deliveries: 0,
+        node_of,
+        window_by_node: vec![0; nodes.len()],
         delivered: 0,
         problems: Vec::new(),
         problem_count: 0,
@@ -322,7 +346,10 @@ pub fn run(
         );
     }
 
-    let mut outcome = FanoutOutcome::default();
+    let mut outcome = FanoutOutcome {
+        join_announcements_delta,
+        ..FanoutOutcome::default()
+    };
     let mut text = Vec::with_capacity(params.msg_bytes + 256);
     let mut due_index: u64 = 0;
     let rate_start_ns = state.start.elapsed().as_nanos() as u64;
@@ -340,6 +367,7 @@ pub fn run(
             if mark.is_none() && now >= warm_until {
                 state.hist.clear();
                 state.window_deliveries = 0;
+                state.window_by_node.fill(0);
                 state.measuring = true;
                 sent_in_window = 0;
                 let (ops, failures) = state
@@ -350,7 +378,8 @@ pub fn run(
                 let _ = (ops, failures);
                 mark = Some((CpuMark::now(server), now + phase.seconds, 0, 0));
             }
-            if let Some((begin, end, _, _)) = mark {
+            if let Some((begin, end, _, _)) = &mark {
+                let end = *end;
                 if now >= end {
                     let cpu = begin.since(&CpuMark::now(server));
                     state.measuring = false;
@@ -372,6 +401,7 @@ pub fn run(
                             .as_mut()
                             .map(|l| l.take_latency())
                             .unwrap_or_default(),
+                        deliveries_by_node: state.window_by_node.clone(),
                     });
                     break;
                 }

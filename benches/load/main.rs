@@ -42,13 +42,23 @@ options:
   --conns N|max                       idle: connections (default 1000)
   --clients K                         churn: virtual clients (default 32); login: HTTP connections (default 4)
   --sweep KEY=V1,V2,...               repeat the scenario for each value of members, rooms, senders,
-                                      window, rate, conns or clients
+                                      window, rate, conns, clients or nodes
   --server-bin PATH                   server binary (default: this build's release chatroom)
   --server-arg ARG                    extra server flag (repeatable)
   --connect HTTP_ADDR,WS_ADDR         use a running server instead (with --server-pid PID for its CPU/RSS)
   --no-pin                            do not pin the server to CPU 0 and this process to CPU 1
   --server-cpu C --client-cpu C       the cores to pin to (default 0 and 1)
   --csv FILE                          append one row per run to FILE
+
+cluster mode (SPEC §9):
+  --redis                             start a redis-server of the run's own (free loopback port, temp dir,
+                                      --appendonly yes --appendfsync always --save \"\") and run the
+                                      server as cluster node(s) on it (--redis URL); killed at the end
+  --nodes N                           cluster nodes (default 1); fanout spreads each room's members over
+                                      them round-robin (the senders on node 0), other scenarios use node 0
+  --node-cpus C0,C1,...               core of node i: the (i mod len)-th (default: --server-cpu for all)
+  --redis-cpu C                       core of redis-server (default: --server-cpu)
+  --redis-bin PATH                    redis-server binary (default: redis-server on PATH)
 
 with no scenario this text is printed and nothing runs.";
 
@@ -76,6 +86,11 @@ pub struct Args {
     pub server_cpu: usize,
     pub client_cpu: usize,
     pub csv: Option<PathBuf>,
+    pub redis: bool,
+    pub redis_bin: PathBuf,
+    pub nodes: usize,
+    pub node_cpus: Option<Vec<usize>>,
+    pub redis_cpu: Option<usize>,
 }
 
 impl Args {
@@ -129,6 +144,22 @@ impl Args {
             "server-cpu" => self.server_cpu = value.parse().map_err(|e| bad(&e))?,
             "client-cpu" => self.client_cpu = value.parse().map_err(|e| bad(&e))?,
             "csv" => self.csv = Some(value.into()),
+            "nodes" => {
+                self.nodes = value.parse().map_err(|e| bad(&e))?;
+                if !(1..=64).contains(&self.nodes) {
+                    return Err(bad(&"between 1 and 64"));
+                }
+            }
+            "node-cpus" => {
+                self.node_cpus = Some(
+                    value
+                        .split(',')
+                        .map(|c| c.parse().map_err(|e| bad(&e)))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            "redis-cpu" => self.redis_cpu = Some(value.parse().map_err(|e| bad(&e))?),
+            "redis-bin" => self.redis_bin = value.into(),
             _ => return Err(format!("unknown option --{key}")),
         }
         Ok(())
@@ -158,6 +189,11 @@ impl Args {
             server_cpu: 0,
             client_cpu: 1,
             csv: None,
+            redis: false,
+            redis_bin: PathBuf::from("redis-server"),
+            nodes: 1,
+            node_cpus: None,
+            redis_cpu: None,
         };
         let mut argv = argv.peekable();
         while let Some(arg) = argv.next() {
@@ -165,6 +201,7 @@ impl Args {
                 // cargo bench passes --bench to every harness = false bench.
                 "--bench" => {}
                 "--no-pin" => args.pin = false,
+                "--redis" => args.redis = true,
                 "-h" | "--help" => return Ok(None),
                 flag if flag.starts_with("--") => {
                     let (key, value) = match flag[2..].split_once('=') {
@@ -179,6 +216,12 @@ impl Args {
                 scenario if args.scenario.is_empty() => args.scenario = scenario.to_string(),
                 other => return Err(format!("unexpected argument {other}")),
             }
+        }
+        if args.nodes > 1 && !args.redis {
+            return Err("--nodes needs --redis".into());
+        }
+        if args.redis && args.connect.is_some() {
+            return Err("--redis starts its own nodes: not with --connect".into());
         }
         Ok((!args.scenario.is_empty()).then_some(args))
     }

@@ -29,6 +29,12 @@ pub const COLUMNS: &[&str] = &[
     "ops_per_s",
     "server_us_per_op",
     "note",
+    "nodes",
+    "node_cpu_pct",
+    "node_ns_per_delivery",
+    "node_us_per_msg",
+    "redis_cpu_pct",
+    "redis_us_per_msg",
 ];
 
 #[derive(Default)]

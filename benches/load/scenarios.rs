@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::fanout::{self, FanoutOutcome, FanoutParams, Phase, PhaseResult};
 use crate::report::{num, us, Report};
-use crate::server::{self, Server, SpawnOptions};
+use crate::server::{self, ClusterOptions, Server, SpawnOptions};
 use crate::Args;
 
 type Runs = Vec<(Report, bool)>;
@@ -14,13 +14,46 @@ fn start_server(args: &Args, max_connections: usize, default_argon2: bool) -> Se
     if let Some((http, ws)) = args.connect {
         return Server::attach(http, ws, args.server_pid);
     }
-    Server::spawn(&SpawnOptions {
+    let options = SpawnOptions {
         bin: args.server_bin.clone(),
         pin: args.pin.then_some(args.server_cpu),
         max_connections,
         default_argon2,
         extra: args.server_args.clone(),
+    };
+    if !args.redis {
+        return Server::spawn(&options);
+    }
+    let cluster = ClusterOptions {
+        redis_bin: args.redis_bin.clone(),
+        nodes: args.nodes,
+        node_cpus: match (&args.node_cpus, args.pin) {
+            (_, false) => Vec::new(),
+            (Some(cpus), true) => cpus.clone(),
+            (None, true) => vec![args.server_cpu],
+        },
+        redis_cpu: args.pin.then(|| args.redis_cpu.unwrap_or(args.server_cpu)),
+    };
+    Server::spawn_cluster(&options, &cluster).unwrap_or_else(|e| {
+        eprintln!("cluster mode: {e}");
+        std::process::exit(1);
     })
+}
+
+/// The run's mode for the CSV `note` column, so medians group by it.
+fn mode_note(report: &mut Report, args: &Args) {
+    if args.redis {
+        report.field("nodes", args.nodes);
+        let mut note = format!("redis nodes={}", args.nodes);
+        if let (Some(cpus), true) = (&args.node_cpus, args.pin) {
+            let cpus: Vec<String> = cpus.iter().map(usize::to_string).collect();
+            note.push_str(&format!(" node-cpus={}", cpus.join("+")));
+        }
+        if let (Some(cpu), true) = (args.redis_cpu, args.pin) {
+            note.push_str(&format!(" redis-cpu={cpu}"));
+        }
+        report.field("note", note);
+    }
 }
 
 fn server_notes(report: &mut Report, server: &Server) -> bool {
@@ -108,7 +141,13 @@ pub fn fanout(args: &Args) -> Runs {
         Some(rate) => format!("rate {} msg/s", num(rate)),
         None => format!("window {}", params.window),
     };
-    let mut report = Report::new(format!("fanout {shape} {mode}"));
+    let cluster = if args.redis {
+        format!(", cluster: {} node(s) on Redis", args.nodes)
+    } else {
+        String::new()
+    };
+    let mut report = Report::new(format!("fanout {shape} {mode}{cluster}"));
+    mode_note(&mut report, args);
     report.field(
         "scenario",
         if params.rate.is_some() {
@@ -141,6 +180,16 @@ pub fn fanout(args: &Args) -> Runs {
     let phase = &outcome.phases[0];
     phase_lines(&mut report, phase, params.members);
     let mut ok = outcome_lines(&mut report, &outcome);
+    if outcome.join_announcements_delta != 0 {
+        report.line(
+            "join announcements",
+            format!(
+                "{:+} against one embedded server's count (cluster nodes hear of joins \
+                 through pub/sub, not ordered against join replies)",
+                outcome.join_announcements_delta
+            ),
+        );
+    }
     if let Some(rss) = server.rss_kib() {
         report.line("server RSS after", format!("{} KiB", num(rss as f64)));
         report.field("server_rss_kib", rss);
@@ -168,6 +217,52 @@ fn phase_lines(report: &mut Report, phase: &PhaseResult, _members: usize) {
         report.line("server CPU per delivery", format!("{per:.0} ns"));
         report.field("server_us_per_op", format!("{:.4}", per / 1e3));
     }
+    process_lines(report, phase);
+}
+
+/// Cluster mode: each node's CPU per delivery (to its own members) and per
+/// message, and Redis's per message.
+fn process_lines(report: &mut Report, phase: &PhaseResult) {
+    if phase.cpu.processes.is_empty() {
+        return;
+    }
+    let wall = phase.cpu.wall;
+    let messages = phase.sent.max(1) as f64;
+    let (mut pcts, mut per_delivery, mut per_msg) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (name, seconds)) in phase.cpu.processes.iter().enumerate() {
+        let pct = 100.0 * seconds / wall;
+        let us_per_msg = seconds * 1e6 / messages;
+        match phase.deliveries_by_node.get(i).filter(|_| name != "redis") {
+            Some(&deliveries) => {
+                let ns = seconds * 1e9 / deliveries.max(1) as f64;
+                report.line(
+                    format!("CPU {name}"),
+                    format!(
+                        "{pct:.0} % of a core, {ns:.0} ns per delivery ({} to its members), \
+                         {us_per_msg:.1} µs per message",
+                        num(deliveries as f64)
+                    ),
+                );
+                pcts.push(format!("{pct:.1}"));
+                per_delivery.push(format!("{ns:.0}"));
+                per_msg.push(format!("{us_per_msg:.2}"));
+            }
+            None => {
+                report.line(
+                    format!("CPU {name}"),
+                    format!(
+                        "{pct:.0} % of a core, {us_per_msg:.1} µs per message, {:.1} ns per delivery",
+                        seconds * 1e9 / phase.deliveries.max(1) as f64
+                    ),
+                );
+                report.field("redis_cpu_pct", format!("{pct:.1}"));
+                report.field("redis_us_per_msg", format!("{us_per_msg:.2}"));
+            }
+        }
+    }
+    report.field("node_cpu_pct", pcts.join("/"));
+    report.field("node_ns_per_delivery", per_delivery.join("/"));
+    report.field("node_us_per_msg", per_msg.join("/"));
 }
 
 pub fn login(args: &Args) -> Runs {
@@ -265,6 +360,7 @@ pub fn idle(args: &Args) -> Runs {
         "idle: {label} joined WebSocket connections, rooms of {per_room}"
     ));
     report.field("scenario", "idle");
+    mode_note(&mut report, args);
     std::thread::sleep(Duration::from_millis(300));
     let fresh = server.settled_rss_kib(3);
     let tag = server::run_tag();
@@ -278,7 +374,13 @@ pub fn idle(args: &Args) -> Runs {
     let baseline = server.settled_rss_kib(3);
     let began = Instant::now();
     let mut swarm = crate::swarm::Swarm::new();
-    let result = swarm.join_rooms(&server, &rooms, per_room, target, |r, m| {
+    // Node 0 holds every connection: the figure is its RSS per connection.
+    let joins = if server.is_cluster() {
+        crate::swarm::Joins::Answered
+    } else {
+        crate::swarm::Joins::Counted
+    };
+    let result = swarm.join_rooms(&[server.ws], &rooms, per_room, target, joins, |r, m| {
         format!("i{tag}u{}", r * per_room + m)
     });
     let held = swarm.conns.len();

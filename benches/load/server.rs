@@ -18,6 +18,16 @@ pub struct SpawnOptions {
     pub extra: Vec<String>,
 }
 
+/// Cluster mode (SPEC §9): a redis-server of the run's own and `nodes`
+/// chatroom processes on it.
+pub struct ClusterOptions {
+    pub redis_bin: PathBuf,
+    pub nodes: usize,
+    /// Core of node i: `node_cpus[i % len]` (none: not pinned).
+    pub node_cpus: Vec<usize>,
+    pub redis_cpu: Option<usize>,
+}
+
 /// What the server logged at warn level or above (and slow-consumer closes).
 #[derive(Default)]
 pub struct LogStats {
@@ -32,18 +42,128 @@ pub struct Server {
     pub ws: SocketAddr,
     pub log: Arc<Mutex<LogStats>>,
     _dir: Option<tempfile::TempDir>,
+    /// Cluster mode: nodes 1.. (this value is node 0), dropped (killed)
+    /// before Redis.
+    peers: Vec<Server>,
+    redis: Option<RedisServer>,
+}
+
+/// Where setup puts its files: tmpfs when there is one (see `Server::spawn`).
+fn temp_dir() -> tempfile::TempDir {
+    if std::path::Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm")
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("temp dir")
+}
+
+/// Pins the child to `cpu`, and has the kernel kill it if this process
+/// dies first (a run stopped by a signal leaves no server or Redis behind).
+fn pin_child(command: &mut Command, cpu: Option<usize>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: sched_setaffinity and prctl on the child itself are
+    // async-signal-safe, and the set lives on the stack.
+    unsafe {
+        command.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(cpu) = cpu {
+                pin_pid(0, cpu);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A redis-server of this run's own: a free loopback port, a temporary
+/// directory, the settings cluster mode asks for (AOF, fsync on every
+/// write, no RDB snapshots); killed when dropped.
+pub struct RedisServer {
+    child: Child,
+    pub pid: u32,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn spawn(bin: &std::path::Path, pin: Option<usize>) -> Result<RedisServer, String> {
+        let dir = temp_dir();
+        // The kernel's choice of a free port; the listener is closed just
+        // before redis-server binds it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let mut command = Command::new(bin);
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(dir.path())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .args(["--daemonize", "no", "--logfile", ""])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        pin_child(&mut command, pin);
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let mut redis = RedisServer {
+            pid: child.id(),
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if redis.ping() {
+                return Ok(redis);
+            }
+            if let Ok(Some(status)) = redis.child.try_wait() {
+                return Err(format!("redis-server exited at start: {status}"));
+            }
+            if Instant::now() > deadline {
+                return Err("redis-server did not answer PING within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(1))).ok();
+        let mut answer = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut answer).is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Server {
     pub fn spawn(options: &SpawnOptions) -> Server {
         // Setup registers thousands of users and creates rooms, each fsynced;
         // on tmpfs that costs nothing, and no scenario measures the disk.
-        let dir = if std::path::Path::new("/dev/shm").is_dir() {
-            tempfile::tempdir_in("/dev/shm")
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("temp dir");
+        let dir = temp_dir();
         let mut command = Command::new(&options.bin);
         command
             .args([
@@ -69,17 +189,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(cpu) = options.pin {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: sched_setaffinity on the child's own pid is
-            // async-signal-safe, and the set lives on the stack.
-            unsafe {
-                command.pre_exec(move || {
-                    pin_pid(0, cpu);
-                    Ok(())
-                });
-            }
-        }
+        pin_child(&mut command, options.pin);
         let mut child = command.spawn().unwrap_or_else(|e| {
             panic!("cannot start {}: {e}", options.bin.display());
         });
@@ -118,7 +228,102 @@ impl Server {
             ws: ws.unwrap(),
             log,
             _dir: Some(dir),
+            peers: Vec::new(),
+            redis: None,
         }
+    }
+
+    /// Cluster mode: a Redis of the run's own and `cluster.nodes` servers
+    /// on it (`--redis URL` added to `options.extra`), each answering
+    /// `/healthz` before this returns. The value is node 0; the others and
+    /// Redis live (and die) with it.
+    pub fn spawn_cluster(
+        options: &SpawnOptions,
+        cluster: &ClusterOptions,
+    ) -> Result<Server, String> {
+        let redis = RedisServer::spawn(&cluster.redis_bin, cluster.redis_cpu)?;
+        let mut nodes = Vec::new();
+        for i in 0..cluster.nodes.max(1) {
+            let mut extra = vec!["--redis".to_string(), redis.url()];
+            extra.extend(options.extra.iter().cloned());
+            let node = Server::spawn(&SpawnOptions {
+                bin: options.bin.clone(),
+                pin: (!cluster.node_cpus.is_empty())
+                    .then(|| cluster.node_cpus[i % cluster.node_cpus.len()]),
+                max_connections: options.max_connections,
+                default_argon2: options.default_argon2,
+                extra,
+            });
+            node.wait_healthy(Duration::from_secs(10))
+                .map_err(|e| format!("node {i}: {e}"))?;
+            nodes.push(node);
+        }
+        let mut first = nodes.remove(0);
+        first.peers = nodes;
+        first.redis = Some(redis);
+        Ok(first)
+    }
+
+    /// Polls `/healthz` until it answers 200 (a cluster node answers 503
+    /// until its Redis links are up and its scripts loaded).
+    fn wait_healthy(&self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        loop {
+            if let Ok(stream) = TcpStream::connect(self.http) {
+                stream.set_nodelay(true).ok();
+                let mut http = SetupHttp {
+                    stream,
+                    buffer: Vec::new(),
+                };
+                let (status, body) = http.get_all(&["/healthz".to_string()], 1).remove(0);
+                if status == 200 {
+                    return Ok(());
+                }
+                last = format!("{status} {body}");
+            }
+            if Instant::now() > deadline {
+                return Err(format!("/healthz not 200 within {within:?}: {last}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Setup requests in flight on one connection. A cluster node stops
+    /// answering a keep-alive connection that pipelines more than a few
+    /// requests which wait on Redis (seen with 8 registrations: 3
+    /// answers, the rest never), so cluster setup sends one at a time.
+    pub fn setup_depth(&self) -> usize {
+        if self.is_cluster() {
+            1
+        } else {
+            64
+        }
+    }
+
+    /// Every node's WebSocket address, node 0 first (one for a single server).
+    pub fn ws_addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.ws)
+            .chain(self.peers.iter().map(|p| p.ws))
+            .collect()
+    }
+
+    /// Cluster mode: the processes whose CPU is reported one by one,
+    /// `node 0`, `node 1`, …, `redis`. Empty for a single embedded server.
+    pub fn processes(&self) -> Vec<(String, Option<u32>)> {
+        let Some(redis) = &self.redis else {
+            return Vec::new();
+        };
+        std::iter::once(self.pid)
+            .chain(self.peers.iter().map(|p| p.pid))
+            .enumerate()
+            .map(|(i, pid)| (format!("node {i}"), pid))
+            .chain(std::iter::once(("redis".to_string(), Some(redis.pid))))
+            .collect()
     }
 
     pub fn attach(http: SocketAddr, ws: SocketAddr, pid: Option<u32>) -> Server {
@@ -129,11 +334,21 @@ impl Server {
             ws,
             log: Arc::new(Mutex::new(LogStats::default())),
             _dir: None,
+            peers: Vec::new(),
+            redis: None,
         }
     }
 
+    /// The server's CPU; in cluster mode every node's and Redis's, summed.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        self.pid.and_then(cpu_seconds_of)
+        let mut total = self.pid.and_then(cpu_seconds_of)?;
+        for peer in &self.peers {
+            total += peer.pid.and_then(cpu_seconds_of)?;
+        }
+        if let Some(redis) = &self.redis {
+            total += cpu_seconds_of(redis.pid)?;
+        }
+        Some(total)
     }
 
     pub fn rss_kib(&self) -> Option<u64> {
@@ -159,14 +374,25 @@ impl Server {
     }
 
     pub fn log_summary(&self) -> Option<String> {
-        let stats = self.log.lock().unwrap();
-        (stats.lines > 0).then(|| {
-            format!(
-                "{} line(s) at warn or slow-consumer level, first: {}",
-                stats.lines,
-                stats.last.join(" | ")
-            )
-        })
+        let own = {
+            let stats = self.log.lock().unwrap();
+            (stats.lines > 0).then(|| {
+                format!(
+                    "{} line(s) at warn or slow-consumer level, first: {}",
+                    stats.lines,
+                    stats.last.join(" | ")
+                )
+            })
+        };
+        if self.peers.is_empty() {
+            return own;
+        }
+        let all: Vec<String> = std::iter::once(own)
+            .chain(self.peers.iter().map(Server::log_summary))
+            .enumerate()
+            .filter_map(|(i, s)| Some(format!("node {i}: {}", s?)))
+            .collect();
+        (!all.is_empty()).then(|| all.join("; "))
     }
 }
 
@@ -231,10 +457,12 @@ pub fn children_cpu_seconds() -> f64 {
 }
 
 /// A point in time with both sides' CPU clocks, to difference later.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct CpuMark {
     at: Instant,
     server: Option<f64>,
+    /// Cluster mode: each node's and Redis's own clock.
+    processes: Vec<(String, Option<f64>)>,
     own: f64,
     /// (busy, total) jiffies of CPUs 0 and 1 from /proc/stat.
     cores: [(u64, u64); 2],
@@ -267,6 +495,11 @@ impl CpuMark {
         CpuMark {
             at: Instant::now(),
             server: server.cpu_seconds(),
+            processes: server
+                .processes()
+                .into_iter()
+                .map(|(name, pid)| (name, pid.and_then(cpu_seconds_of)))
+                .collect(),
             own: own_cpu_seconds(),
             cores: core_times(),
         }
@@ -282,6 +515,12 @@ impl CpuMark {
         CpuUse {
             wall,
             server_seconds: server,
+            processes: self
+                .processes
+                .iter()
+                .zip(&later.processes)
+                .filter_map(|((name, a), (_, b))| Some((name.clone(), (*b)? - (*a)?)))
+                .collect(),
             server_pct: server.map(|s| 100.0 * s / wall),
             gen_pct: 100.0 * (later.own - self.own) / wall,
             core_busy_pct: [0, 1].map(|i| {
@@ -297,10 +536,12 @@ impl CpuMark {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct CpuUse {
     pub wall: f64,
     pub server_seconds: Option<f64>,
+    /// Cluster mode: CPU seconds of `node 0`, `node 1`, …, `redis`.
+    pub processes: Vec<(String, f64)>,
     pub server_pct: Option<f64>,
     pub gen_pct: f64,
     pub core_busy_pct: [f64; 2],
@@ -312,8 +553,13 @@ impl CpuUse {
             .server_pct
             .map(|p| format!("{p:.0} %"))
             .unwrap_or_else(|| "n/a (give --server-pid)".into());
+        let label = if self.processes.is_empty() {
+            "server"
+        } else {
+            "server (nodes and Redis together)"
+        };
         format!(
-            "server {server}, load generator {:.0} % (of one core, over {:.1} s); CPU0 {:.0} % busy, CPU1 {:.0} % busy in all",
+            "{label} {server}, load generator {:.0} % (of one core, over {:.1} s); CPU0 {:.0} % busy, CPU1 {:.0} % busy in all",
             self.gen_pct, self.wall, self.core_busy_pct[0], self.core_busy_pct[1]
         )
     }
@@ -393,7 +639,7 @@ pub fn register_users(server: &Server, names: &[(String, String)]) {
                 format!("/auth/register?user_tel={tel}&user_name={name}&user_password=bench-secret")
             })
             .collect();
-        let answers = http.get_all(&paths, 64);
+        let answers = http.get_all(&paths, server.setup_depth());
         let mut retry = Vec::new();
         for (user, (status, body)) in todo.iter().zip(answers) {
             if status == 503 {
@@ -421,7 +667,11 @@ pub fn create_rooms(server: &Server, rooms: &[String], capacity: usize) {
             )
         })
         .collect();
-    for ((status, body), room) in http.get_all(&paths, 64).into_iter().zip(rooms) {
+    for ((status, body), room) in http
+        .get_all(&paths, server.setup_depth())
+        .into_iter()
+        .zip(rooms)
+    {
         assert!(
             body.contains("create successfully") || body.contains("already exist"),
             "create {room} failed: {status} {body}"

@@ -1,6 +1,7 @@
 //! Many WebSocket connections, joined to rooms, served by one mio loop.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -8,7 +9,6 @@ use mio::{Events, Interest, Poll, Token};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use crate::net::{self, ReadEnd};
-use crate::server::Server;
 
 /// Tokens from here up belong to the handler (HTTP load connections).
 pub const OTHER_TOKENS: usize = 1 << 30;
@@ -29,6 +29,13 @@ pub trait Handler {
     fn other(&mut self, _event: &mio::event::Event) {}
 }
 
+/// What `Swarm::join_rooms` waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Joins {
+    Counted,
+    Answered,
+}
+
 pub struct Swarm {
     pub poll: Poll,
     events: Events,
@@ -41,6 +48,10 @@ pub struct Swarm {
 #[derive(Default)]
 struct JoinDrain {
     user_packets: u64,
+    /// Per connection: whether any `user` packet reached it. A joiner's
+    /// first is the answer to its own join.
+    answered: Vec<bool>,
+    unanswered: usize,
     errors: Vec<String>,
 }
 
@@ -50,7 +61,13 @@ impl Handler for JoinDrain {
             OpCode::Data(Data::Text)
                 if memchr::memmem::find(payload, br#""type":"user""#).is_some() =>
             {
-                self.user_packets += 1
+                self.user_packets += 1;
+                if let Some(answered) = self.answered.get_mut(conn) {
+                    if !*answered {
+                        *answered = true;
+                        self.unanswered -= 1;
+                    }
+                }
             }
             OpCode::Control(Control::Ping) | OpCode::Control(Control::Pong) => {}
             _ => {
@@ -83,18 +100,28 @@ impl Swarm {
     }
 
     /// Opens `total` (at most `rooms.len() × members`) connections, connection `r * members + m`
-    /// joining room `r` as `user(r, m)`, and waits for every join to be
-    /// announced. Stops early (returning the error) when the server or the
-    /// fd limit refuses a connection: the `idle` scenario wants to know how
-    /// many it got.
+    /// joining room `r` as `user(r, m)` on node `ws[m % ws.len()]`, and
+    /// waits for every join to be announced. Stops early (returning the
+    /// error) when the server or the fd limit refuses a connection: the
+    /// `idle` scenario wants to know how many it got.
+    ///
+    /// `Joins::Counted`: the k-th joiner of a room is announced to k
+    /// connections (one embedded server), and every one of those packets is
+    /// waited for. `Joins::Answered`: each connection's own answer is
+    /// waited for, no more. Cluster nodes learn of other joins through
+    /// Redis pub/sub, whose order against join replies is not fixed, so a
+    /// joiner may or may not hear of the joins just before or after its
+    /// own; the difference is returned (announcements received minus the
+    /// embedded count) after a short settle.
     pub fn join_rooms(
         &mut self,
-        server: &Server,
+        ws: &[SocketAddr],
         rooms: &[String],
         members: usize,
         total: usize,
+        joins: Joins,
         user: impl Fn(usize, usize) -> String,
-    ) -> Result<(), String> {
+    ) -> Result<i64, String> {
         const BATCH: usize = 500;
         let total = total.min(rooms.len() * members);
         let mut expected = 0u64;
@@ -105,10 +132,11 @@ impl Swarm {
             let end = (start + BATCH).min(total);
             for i in start..end {
                 let (room, member) = (i / members, i % members);
-                let mut stream = match net::open_ws(i, server.ws) {
+                let addr = ws[member % ws.len()];
+                let mut stream = match net::open_ws(i, addr) {
                     Ok(stream) => stream,
                     Err(e) => {
-                        self.finish_joins(&mut drain, expected)?;
+                        self.finish_joins(&mut drain, expected, joins)?;
                         return Err(format!("connection {i}: {e}"));
                     }
                 };
@@ -130,23 +158,45 @@ impl Swarm {
                     leftover: Vec::new(),
                     open: true,
                 });
+                drain.answered.push(false);
+                drain.unanswered += 1;
             }
-            self.finish_joins(&mut drain, expected)?;
+            self.finish_joins(&mut drain, expected, joins)?;
             start = end;
         }
-        Ok(())
+        if joins == Joins::Counted {
+            return Ok(0);
+        }
+        // Announcements of the last joins still on their way.
+        let settle = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < settle {
+            self.pump(Some(Duration::from_millis(50)), &mut drain);
+        }
+        if !drain.errors.is_empty() {
+            return Err(format!("during joins: {}", drain.errors.join("; ")));
+        }
+        Ok(drain.user_packets as i64 - expected as i64)
     }
 
-    fn finish_joins(&mut self, drain: &mut JoinDrain, expected: u64) -> Result<(), String> {
+    fn finish_joins(
+        &mut self,
+        drain: &mut JoinDrain,
+        expected: u64,
+        joins: Joins,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while drain.user_packets < expected {
+        let waiting = |drain: &JoinDrain| match joins {
+            Joins::Counted => drain.user_packets < expected,
+            Joins::Answered => drain.unanswered > 0,
+        };
+        while waiting(drain) {
             if !drain.errors.is_empty() {
                 return Err(format!("during joins: {}", drain.errors.join("; ")));
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "joins not all announced after 60 s: {} of {expected} user packets",
-                    drain.user_packets
+                    "joins not all announced after 60 s: {} of {expected} user packets, {} connection(s) not answered",
+                    drain.user_packets, drain.unanswered
                 ));
             }
             self.pump(Some(Duration::from_millis(100)), drain);
