@@ -1393,6 +1393,10 @@ impl ClusterApi {
     }
 
     /// Responses whose answers came from Redis since the last call.
+    pub fn has_replies(&self) -> bool {
+        !self.replies.is_empty()
+    }
+
     pub fn take_replies(&mut self) -> Vec<(ConnRef, Response)> {
         std::mem::take(&mut self.replies)
     }

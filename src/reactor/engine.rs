@@ -136,15 +136,22 @@ impl Engine {
         }
     }
 
-    /// Frames to deliver, or (cluster mode) link events to carry out:
-    /// the next turn must not wait in poll.
+    /// Frames to deliver, or (cluster mode) replies to hand out, link
+    /// events to carry out or commands a socket could take now (a request
+    /// started while the turn ended, after the links were pumped): the next
+    /// turn must not wait in poll.
     pub(super) fn has_outbox(&self) -> bool {
         match self {
             Engine::Embedded(e) => e.api.has_outbox(),
             Engine::Cluster(c) => {
+                let commands = c.api.link(Role::Commands);
+                let subscriber = c.api.link(Role::Subscriber);
                 c.api.has_outbox()
-                    || c.api.link(Role::Commands).has_events()
-                    || c.api.link(Role::Subscriber).has_events()
+                    || c.api.has_replies()
+                    || commands.has_events()
+                    || subscriber.has_events()
+                    || c.commands.can_write(commands)
+                    || c.subscriber.can_write(subscriber)
             }
         }
     }

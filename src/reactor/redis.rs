@@ -19,6 +19,9 @@ pub(super) struct RedisSocket {
     addr: SocketAddr,
     stream: Option<TcpStream>,
     connected: bool,
+    /// The last write would have blocked: the rest waits for a writable
+    /// edge rather than for the next turn.
+    write_blocked: bool,
 }
 
 impl RedisSocket {
@@ -28,6 +31,7 @@ impl RedisSocket {
             addr,
             stream: None,
             connected: false,
+            write_blocked: false,
         }
     }
 
@@ -36,6 +40,13 @@ impl RedisSocket {
             let _ = registry.deregister(&mut stream);
         }
         self.connected = false;
+        self.write_blocked = false;
+    }
+
+    /// The link holds bytes this socket could take now; the reactor must
+    /// not sleep in poll while so.
+    pub(super) fn can_write(&self, link: &Link) -> bool {
+        self.connected && !self.write_blocked && link.unsent_bytes() > 0
     }
 
     /// Readiness on this socket.
@@ -49,6 +60,9 @@ impl RedisSocket {
         let Some(stream) = &mut self.stream else {
             return;
         };
+        if event.is_writable() {
+            self.write_blocked = false;
+        }
         if !self.connected {
             if event.is_error() || event.is_write_closed() {
                 let kind = match stream.take_error() {
@@ -159,7 +173,10 @@ impl RedisSocket {
                     return false;
                 }
                 Ok(written) => link.advance_transmit(written),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.write_blocked = true;
+                    return true;
+                }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
                     link.handle_disconnected(now, DownReason::Io(error.kind()));
