@@ -1194,8 +1194,9 @@ fn cluster_metrics_follow_redis() {
 
 /// Requests pipelined on one keep-alive connection are answered as fast as
 /// Redis answers, in order. (Each request after the first is started while
-/// the reactor ends its turn, after it last wrote to Redis; its command once
-/// waited in the link for the next timer, every few seconds.)
+/// the reactor ends its turn, after it last wrote to Redis and handed
+/// passwords to the pool; its command or hash once waited for the next
+/// timer, every few seconds.)
 #[test]
 fn pipelined_requests_on_a_node_are_answered_in_order_without_stalling() {
     let Some(redis) =
@@ -1204,8 +1205,14 @@ fn pipelined_requests_on_a_node_are_answered_in_order_without_stalling() {
         return;
     };
     let node = TestServer::start_node(&redis.url());
+    const USERS: usize = 20;
     const ROOMS: usize = 100;
     let mut batch = Vec::new();
+    // Registrations wait on a lookup, a password hash and a script.
+    for i in 0..USERS {
+        let register = format!("user_tel=1880000{i:04}&user_name=piper{i}&user_password=secret123");
+        batch.extend_from_slice(&common::raw_form_post("/auth/register", &register, &[]));
+    }
     for i in 0..ROOMS {
         let create = format!("room_name=piped-{i}");
         batch.extend_from_slice(&common::raw_form_post("/chatroom/create", &create, &[]));
@@ -1216,6 +1223,19 @@ fn pipelined_requests_on_a_node_are_answered_in_order_without_stalling() {
     // A liveness bound, not a speed test: answered promptly, the batch takes
     // well under a second; stalled, each answer waited for a timer.
     let deadline = Instant::now() + common::IO_GUARD;
+    for i in 0..USERS {
+        assert_eq!(
+            conn.read_response().res(),
+            "register successfully",
+            "register {i}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} of {USERS} pipelined registrations answered within {:?}",
+            i + 1,
+            common::IO_GUARD
+        );
+    }
     for i in 0..ROOMS {
         let created = conn.read_response();
         assert_eq!(created.res(), "chatroom create successfully", "create {i}");
@@ -1229,4 +1249,99 @@ fn pipelined_requests_on_a_node_are_answered_in_order_without_stalling() {
             common::IO_GUARD
         );
     }
+}
+
+/// A client that sends many packets at once gets everything back in the
+/// order it sent them, as from the embedded server: its messages' echoes
+/// (sent on without waiting for each other), a message to another room,
+/// errors for a room it is not in and for a message too long amid its
+/// messages, and its leave. A member on another node sees the same seqs.
+#[test]
+fn a_burst_of_packets_is_answered_in_the_order_it_was_sent() {
+    let Some(redis) = redis_for("a_burst_of_packets_is_answered_in_the_order_it_was_sent") else {
+        return;
+    };
+    let nodes = nodes(&redis, 2, |config| {
+        no_rate_limit(config);
+        config.chat.max_msg_chars = 10;
+    });
+    for room in ["burst", "side", "elsewhere"] {
+        nodes[0].create_room(room);
+    }
+    nodes[0].register("alice", "");
+    nodes[1].register("bob", "");
+    let mut bob = nodes[1].client();
+    join(&mut bob, "bob", "burst");
+    let mut alice = nodes[0].client();
+    join(&mut alice, "alice", "burst");
+    join(&mut alice, "alice", "side");
+
+    // What alice sends, and what each packet must bring back to her.
+    let mut expected: Vec<(&str, String, String)> = Vec::new();
+    let mut burst = |alice: &mut Client, kind: &'static str, room: &str, text: String| {
+        alice.queue(&packet(kind, "alice", "", room, &text));
+        let (kind, text) = match (kind, room) {
+            ("msg", "elsewhere") => ("error", "not in room".to_string()),
+            ("msg", _) if text.chars().count() > 10 => ("error", "message too long".to_string()),
+            ("leave", _) => ("user", "leave".to_string()),
+            _ => (kind, text),
+        };
+        expected.push((kind, room.to_string(), text));
+    };
+    for i in 0..40 {
+        burst(&mut alice, "msg", "burst", format!("one {i}"));
+    }
+    burst(&mut alice, "msg", "side", "aside".to_string());
+    for i in 0..40 {
+        burst(&mut alice, "msg", "burst", format!("two {i}"));
+        if i == 20 {
+            burst(&mut alice, "msg", "burst", "far too long".to_string());
+        }
+    }
+    burst(&mut alice, "msg", "elsewhere", "lost".to_string());
+    for i in 0..40 {
+        burst(&mut alice, "msg", "burst", format!("three {i}"));
+    }
+    burst(&mut alice, "leave", "burst", String::new());
+    alice.flush();
+
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let p = next(&mut alice, "alice's answers to her burst");
+        let from_alice = p["data"]["user"]["user_name"] == "alice";
+        if p["type"] == "user" && !from_alice {
+            continue; // bob's presence, not part of the burst
+        }
+        got.push(p);
+    }
+    let seen: Vec<(&str, String, String)> = got
+        .iter()
+        .map(|p| {
+            (
+                p["type"].as_str().unwrap_or_default(),
+                p["data"]["room_name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["data"]["msg"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, expected, "what alice got back, in order");
+    let echoes: Vec<Value> = got
+        .iter()
+        .filter(|p| p["type"] == "msg" && p["data"]["room_name"] == "burst")
+        .cloned()
+        .collect();
+    assert_consecutive(&echoes, seq_of(&echoes[0]), "alice's echoes");
+
+    // bob, on the other node, got the same 120 messages with the same seqs.
+    let at_bob = read_msgs(&mut bob, echoes.len(), "bob reading the burst");
+    assert_eq!(at_bob, echoes, "bob's copy of the burst");
+    let p = next(&mut bob, "alice's leave at bob");
+    assert_eq!(
+        (&p["type"], &p["data"]["msg"]),
+        (&json!("user"), &json!("leave")),
+        "{p}"
+    );
 }

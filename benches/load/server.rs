@@ -293,16 +293,9 @@ impl Server {
         self.redis.is_some()
     }
 
-    /// Setup requests in flight on one connection. A cluster node stops
-    /// answering a keep-alive connection that pipelines more than a few
-    /// requests which wait on Redis (seen with 8 registrations: 3
-    /// answers, the rest never), so cluster setup sends one at a time.
+    /// Setup requests in flight on one connection.
     pub fn setup_depth(&self) -> usize {
-        if self.is_cluster() {
-            1
-        } else {
-            64
-        }
+        64
     }
 
     /// Every node's WebSocket address, node 0 first (one for a single server).

@@ -565,6 +565,11 @@ impl Api {
         }
     }
 
+    /// Password jobs wait to go to the pool.
+    pub fn has_password_jobs(&self) -> bool {
+        !self.password_jobs.is_empty()
+    }
+
     /// Password jobs to hand to the pool (drained).
     pub fn take_password_jobs(&mut self) -> Vec<(JobId, PasswordJob)> {
         std::mem::take(&mut self.password_jobs)

@@ -188,6 +188,15 @@ struct Session {
     /// A lookup or command for the packet at the head of `queue` is out.
     busy: bool,
     looked_up: Vec<Lookup>,
+    /// Messages published from this connection whose echo has not been
+    /// delivered to it here yet, and their room. Further `msg`s to that
+    /// room go out behind them (Redis runs one connection's scripts in
+    /// order, so their seqs and echoes follow); any other packet waits.
+    publishing: usize,
+    publishing_room: String,
+    /// Frames for this connection that must follow those echoes (an error
+    /// for a later packet); while any wait, no further packet runs.
+    held: Vec<Rc<[u8]>>,
 }
 
 impl Session {
@@ -211,9 +220,9 @@ struct LocalRoom {
     recent: VecDeque<(u64, Rc<[u8]>)>,
     /// Joins sent and not yet answered: the room stays subscribed for them.
     joining: usize,
-    /// Senders whose message has its seq and is not delivered here yet:
-    /// their next packet waits, so that what a connection receives follows
-    /// the order of what it sent, as in the embedded mode.
+    /// Senders whose message has its seq and is not delivered here yet
+    /// (`Session::publishing`): what a connection receives follows the
+    /// order of what it sent, as in the embedded mode.
     senders: Vec<(ConnRef, u64)>,
 }
 
@@ -910,7 +919,7 @@ impl ClusterApi {
                                         room_name: p.room_name,
                                     })
                                     .unwrap_or_default();
-                                self.emit(
+                                self.emit_in_order(
                                     conn,
                                     packet::error_frame(PacketError::ServiceUnavailable, &echo),
                                 );
@@ -1311,6 +1320,11 @@ impl ClusterApi {
         }
     }
 
+    /// Password jobs wait to go to the pool.
+    pub fn has_password_jobs(&self) -> bool {
+        !self.password_jobs.is_empty()
+    }
+
     pub fn take_password_jobs(&mut self) -> Vec<(JobId, PasswordJob)> {
         std::mem::take(&mut self.password_jobs)
     }
@@ -1587,18 +1601,25 @@ impl ClusterApi {
                     .filter(|_| !failed);
                 let Some(seq) = seq else {
                     self.counters.messages_refused += 1;
-                    self.emit(
+                    // Behind the echoes of this connection's messages still
+                    // out (all of them: a rare reorder when a later one
+                    // succeeds where this failed).
+                    self.publish_resolved(conn);
+                    self.emit_in_order(
                         conn,
                         packet::error_frame(PacketError::ServiceUnavailable, &echo),
                     );
-                    self.packet_done(conn, now);
+                    self.run_sessions(now);
                     return;
                 };
                 match self.local_rooms.get_mut(&room) {
                     Some(local) if local.feed.next_seq().is_none_or(|next| next <= seq as u64) => {
                         local.senders.push((conn, seq as u64));
                     }
-                    _ => self.packet_done(conn, now),
+                    _ => {
+                        self.publish_resolved(conn);
+                        self.run_sessions(now);
+                    }
                 }
             }
             Op::Leave { conn } => self.packet_done(conn, now),
@@ -1621,6 +1642,9 @@ impl ClusterApi {
             queued_bytes: 0,
             busy: false,
             looked_up: Vec::new(),
+            publishing: 0,
+            publishing_room: String::new(),
+            held: Vec::new(),
         };
         self.sessions.insert(conn, session);
     }
@@ -1677,7 +1701,7 @@ impl ClusterApi {
             let Some(session) = self.sessions.get_mut(&conn) else {
                 return;
             };
-            if session.busy {
+            if session.busy || !session.held.is_empty() {
                 return;
             }
             let Some((text, within_rate)) = session.queue.front().cloned() else {
@@ -1687,12 +1711,26 @@ impl ClusterApi {
                 Ok(packet) => packet,
                 Err((error, echo)) => {
                     self.finish_packet(conn);
-                    self.emit(conn, packet::error_frame(error, &echo));
+                    self.emit_in_order(conn, packet::error_frame(error, &echo));
                     continue;
                 }
             };
+            let behind_own_messages = session.publishing > 0
+                && !(packet.kind == PacketKind::Msg && packet.room_name == session.publishing_room);
+            if behind_own_messages {
+                return;
+            }
             match self.apply(conn, &packet, within_rate, now) {
                 Ok(Wait::No) => self.finish_packet(conn),
+                Ok(Wait::Published) => {
+                    self.finish_packet(conn);
+                    if let Some(session) = self.sessions.get_mut(&conn) {
+                        session.publishing += 1;
+                        if session.publishing_room != packet.room_name {
+                            session.publishing_room = packet.room_name.clone();
+                        }
+                    }
+                }
                 Ok(Wait::Yes) => {
                     if let Some(session) = self.sessions.get_mut(&conn) {
                         session.busy = true;
@@ -1708,7 +1746,7 @@ impl ClusterApi {
                     }
                     self.finish_packet(conn);
                     let echo = echo_of(&packet);
-                    self.emit(
+                    self.emit_in_order(
                         conn,
                         packet::error_frame(PacketError::ServiceUnavailable, &echo),
                     );
@@ -1716,7 +1754,7 @@ impl ClusterApi {
                 Err(error) => {
                     self.finish_packet(conn);
                     let echo = echo_of(&packet);
-                    self.emit(conn, packet::error_frame(error, &echo));
+                    self.emit_in_order(conn, packet::error_frame(error, &echo));
                 }
             }
         }
@@ -1728,6 +1766,31 @@ impl ClusterApi {
             session.pop_packet();
             session.looked_up.clear();
             session.busy = false;
+        }
+    }
+
+    /// One of the connection's published messages was delivered to it
+    /// here, failed, or will not reach it (it left the room): when none is
+    /// left, what waited behind them goes out and its packets run again.
+    fn publish_resolved(&mut self, conn: ConnRef) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        session.publishing = session.publishing.saturating_sub(1);
+        if session.publishing == 0 {
+            for frame in std::mem::take(&mut session.held) {
+                self.outbox.push((conn, frame));
+            }
+            self.runnable.push(conn);
+        }
+    }
+
+    /// A frame for `conn` that must not overtake the echoes of its own
+    /// messages still on their way.
+    fn emit_in_order(&mut self, conn: ConnRef, frame: Rc<[u8]>) {
+        match self.sessions.get_mut(&conn) {
+            Some(session) if session.publishing > 0 => session.held.push(frame),
+            _ => self.emit(conn, frame),
         }
     }
 
@@ -1952,7 +2015,7 @@ impl ClusterApi {
                     op,
                     now.mono,
                 ) {
-                    Ok(Wait::Yes)
+                    Ok(Wait::Published)
                 } else {
                     self.counters.messages_refused += 1;
                     Err(PacketError::ServiceUnavailable)
@@ -2283,8 +2346,7 @@ impl ClusterApi {
             }
         }
         for conn in released {
-            self.finish_packet(conn);
-            self.runnable.push(conn);
+            self.publish_resolved(conn);
         }
         self.unsubscribe_if_empty(room, now.mono);
         self.run_sessions(now);
@@ -2314,8 +2376,7 @@ impl ClusterApi {
         });
         if !done.is_empty() {
             for conn in done {
-                self.finish_packet(conn);
-                self.runnable.push(conn);
+                self.publish_resolved(conn);
             }
             self.run_sessions(now);
         }
@@ -2404,6 +2465,8 @@ enum Wait {
     No,
     /// A command is out; its reply finishes the packet.
     Yes,
+    /// A message went to Redis: the packet is done, its echo on its way.
+    Published,
     For(Lookup),
 }
 

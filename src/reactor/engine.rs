@@ -136,17 +136,19 @@ impl Engine {
         }
     }
 
-    /// Frames to deliver, or (cluster mode) replies to hand out, link
-    /// events to carry out or commands a socket could take now (a request
-    /// started while the turn ended, after the links were pumped): the next
-    /// turn must not wait in poll.
-    pub(super) fn has_outbox(&self) -> bool {
+    /// Work the next turn must pick up without waiting in poll: frames to
+    /// deliver, passwords to hash, or (cluster mode) replies to hand out,
+    /// link events to carry out, or commands a socket could take now. (A
+    /// request held back on a keep-alive connection starts while the turn
+    /// ends, after the pool and the links were served.)
+    pub(super) fn has_turn_work(&self) -> bool {
         match self {
-            Engine::Embedded(e) => e.api.has_outbox(),
+            Engine::Embedded(e) => e.api.has_outbox() || e.api.has_password_jobs(),
             Engine::Cluster(c) => {
                 let commands = c.api.link(Role::Commands);
                 let subscriber = c.api.link(Role::Subscriber);
                 c.api.has_outbox()
+                    || c.api.has_password_jobs()
                     || c.api.has_replies()
                     || commands.has_events()
                     || subscriber.has_events()

@@ -472,7 +472,7 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.resume_reads.is_empty() || !self.dirty.is_empty() || self.engine.has_outbox() {
+        if !self.resume_reads.is_empty() || !self.dirty.is_empty() || self.engine.has_turn_work() {
             return Some(Duration::ZERO);
         }
         [
@@ -832,11 +832,12 @@ impl Reactor {
         for key in std::mem::take(&mut self.resume_reads) {
             self.on_readable(key, ReadUntil::WouldBlock, now);
         }
-        for (job, work) in self.engine.take_password_jobs() {
-            self.hash_pool.submit(job, work);
-        }
         for (conn, response) in self.engine.flush_work(self.poll.registry(), now) {
             self.deliver(conn, response, now);
+        }
+        // After Redis's replies: a lookup answered may have started a hash.
+        for (job, work) in self.engine.take_password_jobs() {
+            self.hash_pool.submit(job, work);
         }
         if self.engine.take_drop_all_websockets() {
             self.drop_all_websockets(now);
