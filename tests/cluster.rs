@@ -1345,3 +1345,91 @@ fn a_burst_of_packets_is_answered_in_the_order_it_was_sent() {
         "{p}"
     );
 }
+
+/// Joins at once on two nodes: for every two members, exactly one hears
+/// of the other's join (whoever Redis seated first hears of the later one),
+/// as in the embedded mode, although a node hears of others' joins over
+/// pub/sub and of its own over the command connection, in no fixed order.
+#[test]
+fn every_member_hears_of_exactly_the_joins_after_its_own() {
+    let Some(redis) = redis_for("every_member_hears_of_exactly_the_joins_after_its_own") else {
+        return;
+    };
+    let nodes = nodes(&redis, 2, no_rate_limit);
+    nodes[0].create_room("crowd");
+    const MEMBERS: usize = 40;
+    let names: Vec<String> = (0..MEMBERS).map(|i| format!("m{i:02}")).collect();
+    for name in &names {
+        nodes[0].register(name, "");
+    }
+    let mut clients: Vec<Client> = (0..MEMBERS).map(|i| nodes[i % 2].client()).collect();
+    for (client, name) in clients.iter_mut().zip(&names) {
+        client.send(&packet("join", name, "", "crowd", ""));
+    }
+    // heard[i]: the users whose join member i was told of, its own excluded.
+    let mut heard: Vec<Vec<String>> = vec![Vec::new(); MEMBERS];
+    for (i, client) in clients.iter_mut().enumerate() {
+        loop {
+            let p = next(client, &format!("{}'s join", names[i]));
+            assert_eq!(p["type"], "user", "{}: {p}", names[i]);
+            let who = p["data"]["user"]["user_name"].as_str().unwrap_or_default();
+            if who == names[i] {
+                break;
+            }
+            assert_eq!(p["data"]["msg"], "join", "{}: {p}", names[i]);
+            heard[i].push(who.to_string());
+        }
+    }
+    // A message after every join: what comes before it is every join event.
+    clients[0].say(&names[0], "crowd", "all in");
+    for (i, client) in clients.iter_mut().enumerate() {
+        loop {
+            let p = next(client, &format!("{} waiting for \"all in\"", names[i]));
+            if p["type"] == "msg" {
+                assert_eq!(p["data"]["msg"], "all in", "{p}");
+                break;
+            }
+            assert_eq!(
+                (&p["type"], &p["data"]["msg"]),
+                (&json!("user"), &json!("join")),
+                "{p}"
+            );
+            let who = p["data"]["user"]["user_name"].as_str().unwrap_or_default();
+            heard[i].push(who.to_string());
+        }
+    }
+    let mut missed = Vec::new();
+    for i in 0..MEMBERS {
+        let mut seen = heard[i].clone();
+        seen.sort();
+        let before = seen.len();
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            before,
+            "{} heard a join twice: {:?}",
+            names[i],
+            heard[i]
+        );
+        assert!(!seen.contains(&names[i]), "{} heard its own join", names[i]);
+        for j in i + 1..MEMBERS {
+            let i_heard_j = heard[i].contains(&names[j]);
+            let j_heard_i = heard[j].contains(&names[i]);
+            assert!(
+                !(i_heard_j && j_heard_i),
+                "{} and {} each heard of the other's join",
+                names[i],
+                names[j]
+            );
+            if !i_heard_j && !j_heard_i {
+                missed.push((names[i].clone(), names[j].clone()));
+            }
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "{} of {} pairs heard of neither join: {missed:?}",
+        missed.len(),
+        MEMBERS * (MEMBERS - 1) / 2
+    );
+}

@@ -213,18 +213,67 @@ impl Session {
 #[derive(Debug, Default)]
 struct LocalRoom {
     channel: Vec<u8>,
-    /// Connection, user name, and the last seq its join's history held.
-    members: Vec<(ConnRef, String, u64)>,
+    members: Vec<LocalMember>,
     feed: Feed<Rc<[u8]>>,
     /// The newest delivered messages.
     recent: VecDeque<(u64, Rc<[u8]>)>,
     /// Joins sent and not yet answered: the room stays subscribed for them.
     joining: usize,
+    /// Seat events heard while joins were out: a joiner is owed those that
+    /// Redis ran after its own join, which may arrive before its reply.
+    heard: VecDeque<HeardEvent>,
+    /// Redis confirmed the subscription (since the subscriber link last
+    /// came up): seat events published from now on reach this node.
+    subscribed: bool,
+    /// Joins held until then, so that none runs while its room's events
+    /// could still be missed (counted in `joining`).
+    awaiting_subscription: Vec<ConnRef>,
     /// Senders whose message has its seq and is not delivered here yet
     /// (`Session::publishing`): what a connection receives follows the
     /// order of what it sent, as in the embedded mode.
     senders: Vec<(ConnRef, u64)>,
 }
+
+impl LocalRoom {
+    /// Keeps a seat event for the joins still out.
+    fn hear(&mut self, number: u64, frame: &Rc<[u8]>, evicts: Option<&str>) {
+        if self.joining == 0 {
+            return;
+        }
+        if self.heard.len() >= HEARD_KEPT {
+            self.heard.pop_front();
+        }
+        self.heard.push_back(HeardEvent {
+            number,
+            frame: Rc::clone(frame),
+            evicts: evicts.map(str::to_string),
+        });
+    }
+}
+
+/// A connection in a room here.
+#[derive(Debug)]
+struct LocalMember {
+    conn: ConnRef,
+    user: String,
+    /// The last seq its join's history held: it gets later messages.
+    history_until: u64,
+    /// Its join's event number: it hears of later seat events only.
+    joined_event: u64,
+}
+
+/// A seat event, kept for joiners whose reply has not come yet.
+#[derive(Debug, Clone)]
+struct HeardEvent {
+    /// The room's event number (`RoomKeys::events`).
+    number: u64,
+    frame: Rc<[u8]>,
+    /// An HTTP release: the user whose connections it put out of the room.
+    evicts: Option<String>,
+}
+
+/// At most this many seat events are kept for joiners.
+const HEARD_KEPT: usize = 1024;
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -554,16 +603,35 @@ impl ClusterApi {
             }
             (Role::Subscriber, LinkEvent::Subscribed { channel }) => {
                 if let Some(name) = self.channels.get(&channel).cloned() {
+                    let mut held = Vec::new();
                     if let Some(room) = self.local_rooms.get_mut(&name) {
                         room.feed.catch_up();
+                        room.subscribed = true;
+                        held = std::mem::take(&mut room.awaiting_subscription);
+                        room.joining = room.joining.saturating_sub(held.len());
                     }
+                    for conn in held {
+                        if let Some(session) = self.sessions.get_mut(&conn) {
+                            session.busy = false;
+                            self.runnable.push(conn);
+                        }
+                    }
+                    self.run_sessions(now);
+                    self.unsubscribe_if_empty(&name, now.mono);
                     self.advance(&name, now);
                 }
             }
             (Role::Subscriber, LinkEvent::Up) => self.subscriber_up = true,
-            (Role::Subscriber, LinkEvent::Down { reason, .. }) if self.subscriber_up => {
-                self.subscriber_up = false;
-                log::warn!("Redis subscriber link down ({reason}); reconnecting");
+            (Role::Subscriber, LinkEvent::Down { reason, .. }) => {
+                // Events published until the link resubscribes are lost:
+                // joins wait for that.
+                for room in self.local_rooms.values_mut() {
+                    room.subscribed = false;
+                }
+                if self.subscriber_up {
+                    self.subscriber_up = false;
+                    log::warn!("Redis subscriber link down ({reason}); reconnecting");
+                }
             }
             _ => {}
         }
@@ -1210,6 +1278,7 @@ impl ClusterApi {
                     &room.connections(),
                     &room.channel(),
                     &room.avatars(),
+                    &room.events(),
                 ],
                 &[user.name.as_bytes(), event.as_bytes()],
                 Op::Release { conn },
@@ -1900,6 +1969,11 @@ impl ClusterApi {
                 self.subscribe(room, now.mono);
                 if let Some(local) = self.local_rooms.get_mut(room) {
                     local.joining += 1;
+                    if !local.subscribed {
+                        // Runs again once Redis confirms the subscription.
+                        local.awaiting_subscription.push(conn);
+                        return Ok(Wait::Yes);
+                    }
                 }
                 let node_rooms = Command::new("SADD")
                     .arg(keys::node_rooms(&self.node))
@@ -1931,6 +2005,7 @@ impl ClusterApi {
                         &keys.log(),
                         &keys.channel(),
                         &keys.avatars(),
+                        &keys.events(),
                     ],
                     &[
                         user.name.as_bytes(),
@@ -2043,7 +2118,12 @@ impl ClusterApi {
         let origin = conn_part(conn);
         let sent = self.run(
             Script::Leave,
-            &[&keys.seats(), &keys.connections(), &keys.channel()],
+            &[
+                &keys.seats(),
+                &keys.connections(),
+                &keys.channel(),
+                &keys.events(),
+            ],
             &[
                 user.as_bytes(),
                 node.as_bytes(),
@@ -2079,9 +2159,17 @@ impl ClusterApi {
         reply: Option<Reply>,
         now: Now,
     ) {
-        if let Some(local) = self.local_rooms.get_mut(&room) {
-            local.joining = local.joining.saturating_sub(1);
-        }
+        let heard: Vec<HeardEvent> = match self.local_rooms.get_mut(&room) {
+            Some(local) => {
+                local.joining = local.joining.saturating_sub(1);
+                let heard = local.heard.iter().cloned().collect();
+                if local.joining == 0 {
+                    local.heard.clear();
+                }
+                heard
+            }
+            None => Vec::new(),
+        };
         let items = reply.as_ref().and_then(Reply::as_array);
         let Some(items) = items else {
             // No answer: the join may or may not have run. This connection
@@ -2106,6 +2194,7 @@ impl ClusterApi {
         let kind = items.get(1).and_then(text).unwrap_or("join").to_string();
         let last = items.get(2).and_then(Reply::as_integer).unwrap_or(0).max(0) as u64;
         let first = items.get(3).and_then(Reply::as_integer).unwrap_or(1).max(1) as u64;
+        let own_event = items.get(4).and_then(Reply::as_integer).unwrap_or(0).max(0) as u64;
         if !self.sessions.contains_key(&conn) {
             // Closed while the join was out: give the seat's connection back.
             let event = event_json(&echo.user_name, &echo.user_avatar);
@@ -2144,14 +2233,35 @@ impl ClusterApi {
                 self.counters.recoveries_complete += 1;
             }
         }
-        for item in items.iter().skip(4) {
+        for item in items.iter().skip(5) {
             if let Some(payload) = item.as_bulk() {
                 let live = packet::frame_from_payload(payload);
                 self.emit(conn, packet::history_frame(&live));
             }
         }
+        // Seat events Redis ran after this join that came before its reply.
+        let mut put_out = false;
+        for event in heard.iter().filter(|event| event.number > own_event) {
+            self.outbox.push((conn, Rc::clone(&event.frame)));
+            put_out |= event.evicts.as_deref() == Some(user.name.as_str());
+        }
+        if put_out {
+            // Its seat was released over HTTP just after: it is not in the
+            // room (Redis already took its connection out).
+            if let Some(session) = self.sessions.get_mut(&conn) {
+                session.rooms.retain(|r| *r != room);
+            }
+            self.unsubscribe_if_empty(&room, now.mono);
+            self.packet_done(conn, now);
+            return;
+        }
         let local = self.local_rooms.entry(room.clone()).or_default();
-        local.members.push((conn, user.name.clone(), last));
+        local.members.push(LocalMember {
+            conn,
+            user: user.name.clone(),
+            history_until: last,
+            joined_event: own_event,
+        });
         match local.feed.next_seq() {
             None => local.feed.start_after(last),
             Some(expected) => {
@@ -2245,7 +2355,7 @@ impl ClusterApi {
             session.rooms.retain(|r| r != room);
         }
         if let Some(local) = self.local_rooms.get_mut(room) {
-            local.members.retain(|(member, _, _)| *member != conn);
+            local.members.retain(|member| member.conn != conn);
         }
         self.unsubscribe_if_empty(room, now);
     }
@@ -2283,12 +2393,16 @@ impl ClusterApi {
         }
     }
 
-    /// `e<kind> <node> <conn> <json>`
+    /// `e<kind> <number> <node> <conn> <json>`
     fn on_user_event(&mut self, room: &str, event: &[u8]) {
-        let mut parts = event.splitn(4, |b| *b == b' ');
-        let (Some(kind), Some(node), Some(origin), Some(json)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let mut parts = event.splitn(5, |b| *b == b' ');
+        let (Some(kind), Some(number), Some(node), Some(origin), Some(json)) = (
+            parts.next(),
+            parts.next().and_then(parse_number),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return;
         };
         let Ok(user) = serde_json::from_slice::<EventUser>(json) else {
@@ -2301,19 +2415,28 @@ impl ClusterApi {
         };
         let frame = packet::server_frame("user", &user.u, &avatar, room, &kind, None);
         let skip = (node == self.node.as_bytes()).then_some(origin);
-        let Some(local) = self.local_rooms.get(room) else {
+        let Some(local) = self.local_rooms.get_mut(room) else {
             return;
         };
-        for (member, _, _) in &local.members {
-            if skip.is_some_and(|origin| origin == conn_part(*member).as_bytes()) {
+        local.hear(number, &frame, None);
+        for member in &local.members {
+            // Its own event, or one Redis ran before its join (pub/sub and
+            // join replies come on different connections).
+            if number <= member.joined_event
+                || skip.is_some_and(|origin| origin == conn_part(member.conn).as_bytes())
+            {
                 continue;
             }
-            self.outbox.push((*member, Rc::clone(&frame)));
+            self.outbox.push((member.conn, Rc::clone(&frame)));
         }
     }
 
-    /// `x<json>`: the user's seat was released by HTTP.
-    fn on_evicted(&mut self, room: &str, json: &[u8], now: Now) {
+    /// `x<number> <json>`: the user's seat was released by HTTP.
+    fn on_evicted(&mut self, room: &str, event: &[u8], now: Now) {
+        let mut parts = event.splitn(2, |b| *b == b' ');
+        let (Some(number), Some(json)) = (parts.next().and_then(parse_number), parts.next()) else {
+            return;
+        };
         let Ok(user) = serde_json::from_slice::<EventUser>(json) else {
             return;
         };
@@ -2321,16 +2444,19 @@ impl ClusterApi {
         let Some(local) = self.local_rooms.get_mut(room) else {
             return;
         };
-        for (member, _, _) in &local.members {
-            self.outbox.push((*member, Rc::clone(&frame)));
+        local.hear(number, &frame, Some(&user.u));
+        // A connection that joined after the release is not affected.
+        let before = |member: &LocalMember| member.joined_event < number;
+        for member in local.members.iter().filter(|m| before(m)) {
+            self.outbox.push((member.conn, Rc::clone(&frame)));
         }
         let evicted: Vec<ConnRef> = local
             .members
             .iter()
-            .filter(|(_, name, _)| *name == user.u)
-            .map(|(conn, _, _)| *conn)
+            .filter(|m| m.user == user.u && before(m))
+            .map(|m| m.conn)
             .collect();
-        local.members.retain(|(_, name, _)| *name != user.u);
+        local.members.retain(|m| !evicted.contains(&m.conn));
         // Its own message will not be delivered to it here any more.
         let mut released = Vec::new();
         local.senders.retain(|(conn, _)| {
@@ -2368,7 +2494,7 @@ impl ClusterApi {
         let mut done = Vec::new();
         room.senders.retain(|(conn, seq)| {
             let delivered = next.is_some_and(|next| next > *seq);
-            let gone = !members.iter().any(|(member, _, _)| member == conn);
+            let gone = !members.iter().any(|member| member.conn == *conn);
             if delivered || gone {
                 done.push(*conn);
             }
@@ -2470,10 +2596,15 @@ enum Wait {
     For(Lookup),
 }
 
+/// A decimal event number from a pub/sub payload.
+fn parse_number(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
 fn deliver(room: &mut LocalRoom, outbox: &mut Vec<(ConnRef, Rc<[u8]>)>, seq: u64, frame: Rc<[u8]>) {
-    for (member, _, after) in &room.members {
-        if seq > *after {
-            outbox.push((*member, Rc::clone(&frame)));
+    for member in &room.members {
+        if seq > member.history_until {
+            outbox.push((member.conn, Rc::clone(&frame)));
         }
     }
     if room.recent.len() >= RECENT_KEPT {

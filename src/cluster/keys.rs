@@ -99,6 +99,12 @@ impl RoomKeys {
     pub fn channel(&self) -> String {
         format!("{}:ch", self.tag)
     }
+
+    /// The room's last seat event number: it orders joins and leaves
+    /// against one another as `seq` orders messages.
+    pub fn events(&self) -> String {
+        format!("{}:ev", self.tag)
+    }
 }
 
 /// The hash tag Redis Cluster hashes a key by: the text between the first

@@ -102,12 +102,12 @@ return 1
 
 /// A WebSocket join: the seat and the connection in one step, against the
 /// capacity, then the history the joiner is owed.
-/// KEYS: seats, conns, seq, log, channel, avatars.
+/// KEYS: seats, conns, seq, log, channel, avatars, events.
 /// ARGV: user, capacity, node, conn, event json, history size,
 ///       mode (`newest` or `since`), n or since, most recovered, the
 ///       avatar the connection claims.
 /// Returns {0} when full, else {1, kind, last seq, first retained seq,
-/// packet...}.
+/// this join's event number, packet...}.
 const JOIN: &str = r#"
 local now = now_ms()
 local held, mine = purge(KEYS[1], ARGV[1], now)
@@ -117,7 +117,8 @@ if held == 0 then kind = 'create' end
 redis.call('HSET', KEYS[1], ARGV[1], 0)
 redis.call('HSET', KEYS[2], ARGV[3] .. '|' .. ARGV[4], ARGV[1])
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[6], ARGV[1], ARGV[10]) end
-redis.call('PUBLISH', KEYS[5], 'e' .. kind .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
+local ev = redis.call('INCR', KEYS[7])
+redis.call('PUBLISH', KEYS[5], 'e' .. kind .. ' ' .. ev .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
 local last = tonumber(redis.call('GET', KEYS[3]) or '0')
 local first = last + 1
 local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
@@ -131,7 +132,7 @@ if ARGV[7] == 'since' then
 else
   from = math.max(last + 1 - tonumber(ARGV[8]), first)
 end
-local out = {1, kind, last, first}
+local out = {1, kind, last, first, ev}
 if from <= last then
   local entries = redis.call('XRANGE', KEYS[4], from .. '-0', last .. '-0')
   for _, e in ipairs(entries) do out[#out + 1] = e[2][2] end
@@ -157,7 +158,7 @@ return seq
 /// freed (`leave`: with the memo) or kept for the TTL (`drop`). A
 /// connection that is not there (already left, or its join never ran)
 /// changes nothing: -1.
-/// KEYS: seats, conns, channel.
+/// KEYS: seats, conns, channel, events.
 /// ARGV: user, node, conn, mode, seat TTL in ms, event json.
 const LEAVE: &str = r#"
 if redis.call('HDEL', KEYS[2], ARGV[2] .. '|' .. ARGV[3]) == 0 then return -1 end
@@ -168,12 +169,13 @@ if not others and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   if ARGV[4] == 'leave' then until_ms = -until_ms end
   redis.call('HSET', KEYS[1], ARGV[1], until_ms)
 end
-redis.call('PUBLISH', KEYS[3], 'eleave ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[6])
+local ev = redis.call('INCR', KEYS[4])
+redis.call('PUBLISH', KEYS[3], 'eleave ' .. ev .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[6])
 if others then return 1 end
 return 0
 "#;
 
-/// `/chatroom/room` status 0. KEYS: seats, conns, channel, avatars.
+/// `/chatroom/room` status 0. KEYS: seats, conns, channel, avatars, events.
 /// ARGV: user, event json. 1 = released (connections evicted everywhere),
 /// 2 = the seat went with a recent WebSocket leave, 0 = no seat.
 const RELEASE: &str = r#"
@@ -197,7 +199,9 @@ for i = 1, #all, 2 do
   end
 end
 -- The room hears of it only when connections were put out of it.
-if evicted then redis.call('PUBLISH', KEYS[3], 'x' .. ARGV[2]) end
+if evicted then
+  redis.call('PUBLISH', KEYS[3], 'x' .. redis.call('INCR', KEYS[5]) .. ' ' .. ARGV[2])
+end
 return 1
 "#;
 
@@ -275,7 +279,8 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         if not connected(conns, user) then
           if redis.call('HDEL', tag .. ':seats', user) == 1 then released = released + 1 end
           redis.call('HDEL', tag .. ':avatars', user)
-          redis.call('PUBLISH', tag .. ':ch', 'eleave - - ' .. cjson.encode({u = user, a = ''}))
+          local ev = redis.call('INCR', tag .. ':ev')
+          redis.call('PUBLISH', tag .. ':ch', 'eleave ' .. ev .. ' - - ' .. cjson.encode({u = user, a = ''}))
         end
       end
     end
