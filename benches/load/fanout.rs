@@ -19,7 +19,7 @@ use crate::hist::{Histogram, Latency};
 use crate::login::LoginLoad;
 use crate::net;
 use crate::server::{CpuMark, CpuUse, Server};
-use crate::swarm::{Handler, Joins, Swarm};
+use crate::swarm::{Handler, Swarm};
 
 #[derive(Clone, Debug)]
 pub struct FanoutParams {
@@ -278,13 +278,8 @@ pub fn run(
     // Members go to the nodes round-robin, so each room's first member (a
     // sender) is on node 0.
     let nodes = server.ws_addrs();
-    let joins = if server.is_cluster() {
-        Joins::Answered
-    } else {
-        Joins::Counted
-    };
     let join_announcements_delta =
-        swarm.join_rooms(&nodes, &rooms, params.members, usize::MAX, joins, user)?;
+        swarm.join_rooms(&nodes, &rooms, params.members, usize::MAX, user)?;
     let node_of: Vec<u8> = (0..params.rooms * params.members)
         .map(|i| ((i % params.members) % nodes.len()) as u8)
         .collect();

@@ -184,8 +184,7 @@ pub fn fanout(args: &Args) -> Runs {
         report.line(
             "join announcements",
             format!(
-                "{:+} against one embedded server's count (cluster nodes hear of joins \
-                 through pub/sub, not ordered against join replies)",
+                "{:+} beyond the count a joiner's predecessors are owed",
                 outcome.join_announcements_delta
             ),
         );
@@ -375,12 +374,7 @@ pub fn idle(args: &Args) -> Runs {
     let began = Instant::now();
     let mut swarm = crate::swarm::Swarm::new();
     // Node 0 holds every connection: the figure is its RSS per connection.
-    let joins = if server.is_cluster() {
-        crate::swarm::Joins::Answered
-    } else {
-        crate::swarm::Joins::Counted
-    };
-    let result = swarm.join_rooms(&[server.ws], &rooms, per_room, target, joins, |r, m| {
+    let result = swarm.join_rooms(&[server.ws], &rooms, per_room, target, |r, m| {
         format!("i{tag}u{}", r * per_room + m)
     });
     let held = swarm.conns.len();

@@ -289,10 +289,6 @@ impl Server {
         }
     }
 
-    pub fn is_cluster(&self) -> bool {
-        self.redis.is_some()
-    }
-
     /// Setup requests in flight on one connection.
     pub fn setup_depth(&self) -> usize {
         64

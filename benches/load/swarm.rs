@@ -29,13 +29,6 @@ pub trait Handler {
     fn other(&mut self, _event: &mio::event::Event) {}
 }
 
-/// What `Swarm::join_rooms` waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Joins {
-    Counted,
-    Answered,
-}
-
 pub struct Swarm {
     pub poll: Poll,
     events: Events,
@@ -105,21 +98,16 @@ impl Swarm {
     /// error) when the server or the fd limit refuses a connection: the
     /// `idle` scenario wants to know how many it got.
     ///
-    /// `Joins::Counted`: the k-th joiner of a room is announced to k
-    /// connections (one embedded server), and every one of those packets is
-    /// waited for. `Joins::Answered`: each connection's own answer is
-    /// waited for, no more. Cluster nodes learn of other joins through
-    /// Redis pub/sub, whose order against join replies is not fixed, so a
-    /// joiner may or may not hear of the joins just before or after its
-    /// own; the difference is returned (announcements received minus the
-    /// embedded count) after a short settle.
+    /// The k-th joiner of a room is announced to k connections (itself and
+    /// those before it), on one server or across cluster nodes, and every
+    /// one of those packets is waited for. Returns how many more arrived
+    /// than that (0 from a correct server).
     pub fn join_rooms(
         &mut self,
         ws: &[SocketAddr],
         rooms: &[String],
         members: usize,
         total: usize,
-        joins: Joins,
         user: impl Fn(usize, usize) -> String,
     ) -> Result<i64, String> {
         const BATCH: usize = 500;
@@ -136,7 +124,7 @@ impl Swarm {
                 let mut stream = match net::open_ws(i, addr) {
                     Ok(stream) => stream,
                     Err(e) => {
-                        self.finish_joins(&mut drain, expected, joins)?;
+                        self.finish_joins(&mut drain, expected)?;
                         return Err(format!("connection {i}: {e}"));
                     }
                 };
@@ -161,35 +149,15 @@ impl Swarm {
                 drain.answered.push(false);
                 drain.unanswered += 1;
             }
-            self.finish_joins(&mut drain, expected, joins)?;
+            self.finish_joins(&mut drain, expected)?;
             start = end;
-        }
-        if joins == Joins::Counted {
-            return Ok(0);
-        }
-        // Announcements of the last joins still on their way.
-        let settle = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < settle {
-            self.pump(Some(Duration::from_millis(50)), &mut drain);
-        }
-        if !drain.errors.is_empty() {
-            return Err(format!("during joins: {}", drain.errors.join("; ")));
         }
         Ok(drain.user_packets as i64 - expected as i64)
     }
 
-    fn finish_joins(
-        &mut self,
-        drain: &mut JoinDrain,
-        expected: u64,
-        joins: Joins,
-    ) -> Result<(), String> {
+    fn finish_joins(&mut self, drain: &mut JoinDrain, expected: u64) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let waiting = |drain: &JoinDrain| match joins {
-            Joins::Counted => drain.user_packets < expected,
-            Joins::Answered => drain.unanswered > 0,
-        };
-        while waiting(drain) {
+        while drain.user_packets < expected {
             if !drain.errors.is_empty() {
                 return Err(format!("during joins: {}", drain.errors.join("; ")));
             }
