@@ -236,8 +236,11 @@ struct LocalRoom {
 
 impl LocalRoom {
     /// Keeps a seat event for the joins still out.
+    /// (What is kept after the last join is answered is stale but
+    /// harmless: every later join's number is above it.)
     fn hear(&mut self, number: u64, frame: &Rc<[u8]>, evicts: Option<&str>) {
         if self.joining == 0 {
+            self.heard.clear();
             return;
         }
         if self.heard.len() >= HEARD_KEPT {
@@ -263,7 +266,7 @@ struct LocalMember {
 }
 
 /// A seat event, kept for joiners whose reply has not come yet.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct HeardEvent {
     /// The room's event number (`RoomKeys::events`).
     number: u64,
@@ -1475,11 +1478,11 @@ impl ClusterApi {
         }
     }
 
-    /// Responses whose answers came from Redis since the last call.
     pub fn has_replies(&self) -> bool {
         !self.replies.is_empty()
     }
 
+    /// Responses whose answers came from Redis since the last call.
     pub fn take_replies(&mut self) -> Vec<(ConnRef, Response)> {
         std::mem::take(&mut self.replies)
     }
@@ -2159,17 +2162,9 @@ impl ClusterApi {
         reply: Option<Reply>,
         now: Now,
     ) {
-        let heard: Vec<HeardEvent> = match self.local_rooms.get_mut(&room) {
-            Some(local) => {
-                local.joining = local.joining.saturating_sub(1);
-                let heard = local.heard.iter().cloned().collect();
-                if local.joining == 0 {
-                    local.heard.clear();
-                }
-                heard
-            }
-            None => Vec::new(),
-        };
+        if let Some(local) = self.local_rooms.get_mut(&room) {
+            local.joining = local.joining.saturating_sub(1);
+        }
         let items = reply.as_ref().and_then(Reply::as_array);
         let Some(items) = items else {
             // No answer: the join may or may not have run. This connection
@@ -2241,9 +2236,11 @@ impl ClusterApi {
         }
         // Seat events Redis ran after this join that came before its reply.
         let mut put_out = false;
-        for event in heard.iter().filter(|event| event.number > own_event) {
-            self.outbox.push((conn, Rc::clone(&event.frame)));
-            put_out |= event.evicts.as_deref() == Some(user.name.as_str());
+        if let Some(local) = self.local_rooms.get(&room) {
+            for event in local.heard.iter().filter(|event| event.number > own_event) {
+                self.outbox.push((conn, Rc::clone(&event.frame)));
+                put_out |= event.evicts.as_deref() == Some(user.name.as_str());
+            }
         }
         if put_out {
             // Its seat was released over HTTP just after: it is not in the
@@ -2414,7 +2411,11 @@ impl ClusterApi {
             _ => user.a,
         };
         let frame = packet::server_frame("user", &user.u, &avatar, room, &kind, None);
-        let skip = (node == self.node.as_bytes()).then_some(origin);
+        // The connection that caused it, when on this node: it was told.
+        let skip = (node == self.node.as_bytes())
+            .then(|| std::str::from_utf8(origin).ok())
+            .flatten()
+            .and_then(|hex| ConnRef::from_str_radix(hex, 16).ok());
         let Some(local) = self.local_rooms.get_mut(room) else {
             return;
         };
@@ -2422,9 +2423,7 @@ impl ClusterApi {
         for member in &local.members {
             // Its own event, or one Redis ran before its join (pub/sub and
             // join replies come on different connections).
-            if number <= member.joined_event
-                || skip.is_some_and(|origin| origin == conn_part(member.conn).as_bytes())
-            {
+            if number <= member.joined_event || skip == Some(member.conn) {
                 continue;
             }
             self.outbox.push((member.conn, Rc::clone(&frame)));
